@@ -1,0 +1,50 @@
+# DeViSE-Mobile. The two commands of the contract: `make reports` and `make test`.
+PYTHON ?= python3.11
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+export OMP_WAIT_POLICY ?= PASSIVE
+
+.PHONY: reports test lab lint bench lock venv clean
+
+## reports: run the whole study (every notebook, built-in dataset) into reports/builtin/
+reports: $(STAMP)
+	$(PY) -m devise_utils.pipeline $(ARGS)
+
+## test: every test (unit, integration, nbval over the notebooks) and the linter
+test: $(STAMP)
+	$(PY) -m ruff check devise_utils tests bench
+	$(PY) -m pytest tests notebooks --nbval-lax -p no:cacheprovider $(ARGS)
+
+## venv: create or refresh the project virtualenv from requirements.lock (no-op when current)
+venv: $(STAMP)
+$(STAMP): requirements.lock pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (set PYTHON=...)"; exit 1; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.lock
+	$(PY) -m pip install -q --no-deps -e .
+	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (DeViSE-Mobile)" >/dev/null
+	touch $@
+
+## lab: JupyterLab on the notebooks with the project kernel
+lab: $(STAMP)
+	$(VENV)/bin/jupyter lab notebooks/
+
+lint: $(STAMP)
+	$(PY) -m ruff check devise_utils tests bench
+
+## bench: training-throughput, search and export benchmarks (figures go in the README)
+bench: $(STAMP)
+	$(PY) bench/bench_train.py
+	$(PY) bench/bench_search.py
+	$(PY) bench/bench_export.py
+
+## lock: re-resolve requirements.in into requirements.lock
+lock:
+	rm -rf .lockenv && $(PYTHON) -m venv .lockenv && .lockenv/bin/pip install -q -r requirements.in
+	{ head -2 requirements.lock; .lockenv/bin/pip freeze --exclude-editable; } > requirements.lock.new
+	mv requirements.lock.new requirements.lock && rm -rf .lockenv
+
+clean:
+	rm -rf runs reports/*/

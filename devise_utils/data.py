@@ -1,0 +1,199 @@
+"""AwA2 as it is distributed: read and validate the tree, choose a split, build DataLoaders.
+
+The same code serves the real AwA2, the built-in synthetic dataset and any
+folder in AwA2 layout::
+
+    classes.txt            index<TAB>name
+    trainclasses.txt       seen classes (one name a line)
+    testclasses.txt        unseen classes
+    predicates.txt         attribute names (optional)
+    predicate-matrix-*.txt (optional)
+    JPEGImages/<class>/<class>_<n>.jpg
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .config import PROPOSED_UNSEEN_AWA2, Config
+
+IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+
+
+class DataError(ValueError):
+    """The dataset folder is inconsistent; the message names the file and the fix."""
+
+
+@dataclass
+class AwA2:
+    """A validated dataset in AwA2 layout."""
+
+    root: Path
+    classes: list[str]          # in classes.txt order
+    class_ids: dict[str, int]   # AwA2's own 1-based indices
+    train_classes: list[str]    # standard split, seen
+    test_classes: list[str]     # standard split, unseen
+    predicates: list[str]
+    table: pd.DataFrame         # path, cls (one row an image)
+
+    @property
+    def n_images(self) -> int:
+        return len(self.table)
+
+
+def _read_names(path: Path) -> list[str]:
+    names = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if line:
+            names.append(line.split()[-1])
+    return names
+
+
+def _read_classes(path: Path) -> tuple[list[str], dict[str, int]]:
+    classes, ids = [], {}
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        fields = line.split()
+        if len(fields) != 2 or not fields[0].isdigit():
+            raise DataError(f"{path}: line {n} should be 'index<TAB>name', got {line!r}")
+        idx, name = int(fields[0]), fields[1]
+        if name in ids:
+            raise DataError(f"{path}: class '{name}' is listed twice (line {n})")
+        classes.append(name)
+        ids[name] = idx
+    if not classes:
+        raise DataError(f"{path} lists no classes")
+    return classes, ids
+
+
+def read_awa2(root: str | Path) -> AwA2:
+    """Read and validate an AwA2-layout folder; every inconsistency is a DataError."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(
+            f"dataset folder {root} does not exist; run `python -m devise_utils download awa2` "
+            "(AwA2) or `python -m devise_utils prepare --dataset builtin` (built-in dataset)"
+        )
+    for name in ("classes.txt", "trainclasses.txt", "testclasses.txt"):
+        if not (root / name).is_file():
+            raise DataError(f"{root / name} is missing: is {root} an AwA2-layout folder "
+                            "(Animals_with_Attributes2/)?")
+    classes, ids = _read_classes(root / "classes.txt")
+    known = set(classes)
+    splits = {}
+    for name in ("trainclasses.txt", "testclasses.txt"):
+        names = _read_names(root / name)
+        unknown = [c for c in names if c not in known]
+        if unknown:
+            raise DataError(f"{root / name} names class(es) not in classes.txt: "
+                            f"{', '.join(unknown)}; fix the spelling or add them to classes.txt")
+        splits[name] = names
+    both = set(splits["trainclasses.txt"]) & set(splits["testclasses.txt"])
+    if both:
+        raise DataError(f"{root / 'testclasses.txt'} repeats seen class(es) from "
+                        f"trainclasses.txt: {', '.join(sorted(both))}")
+    unsplit = known - set(splits["trainclasses.txt"]) - set(splits["testclasses.txt"])
+    if unsplit:
+        raise DataError(f"class(es) {', '.join(sorted(unsplit))} in {root / 'classes.txt'} are "
+                        "in neither trainclasses.txt nor testclasses.txt")
+    img_root = root / "JPEGImages"
+    if not img_root.is_dir():
+        raise DataError(f"{img_root} is missing: the images should be in JPEGImages/<class>/")
+    rows, missing, empty = [], [], []
+    for c in classes:
+        d = img_root / c
+        if not d.is_dir():
+            missing.append(c)
+            continue
+        files = sorted(p for p in d.iterdir() if p.suffix.lower() in IMAGE_EXTS)
+        if not files:
+            empty.append(c)
+        rows.extend((str(p), c) for p in files)
+    if missing:
+        raise DataError(f"class(es) listed in {root / 'classes.txt'} have no folder under "
+                        f"{img_root}: {', '.join(missing)}; re-extract the archive or remove "
+                        "them from classes.txt and the split files")
+    if empty:
+        raise DataError(f"image folder(s) under {img_root} are empty: {', '.join(empty)}")
+    extra = sorted(p.name for p in img_root.iterdir() if p.is_dir() and p.name not in known)
+    if extra:
+        raise DataError(f"{img_root} has folder(s) for class(es) not in "
+                        f"{root / 'classes.txt'}: {', '.join(extra)}")
+    preds = _read_names(root / "predicates.txt") if (root / "predicates.txt").is_file() else []
+    return AwA2(root, classes, ids, splits["trainclasses.txt"], splits["testclasses.txt"],
+                preds, pd.DataFrame(rows, columns=["path", "cls"]))
+
+
+def predicate_matrix(ds: AwA2, kind: str = "binary") -> np.ndarray | None:
+    """AwA2's class x attribute matrix (classes.txt order), or None when not shipped."""
+    path = ds.root / f"predicate-matrix-{kind}.txt"
+    if not path.is_file():
+        return None
+    m = np.loadtxt(path, dtype=np.float32, ndmin=2)
+    if m.shape[0] != len(ds.classes):
+        raise DataError(f"{path} has {m.shape[0]} rows but classes.txt lists "
+                        f"{len(ds.classes)} classes")
+    return m
+
+
+def seen_unseen(ds: AwA2, split: str = "standard") -> tuple[list[str], list[str]]:
+    """Seen and unseen classes for the ``standard`` split or Xian et al.'s ``proposed`` split."""
+    if split == "standard":
+        return list(ds.train_classes), list(ds.test_classes)
+    if split == "proposed":
+        unseen = [c for c in PROPOSED_UNSEEN_AWA2 if c in ds.class_ids]
+        if not unseen:
+            raise DataError(f"{ds.root} holds none of the proposed-split unseen classes "
+                            f"({', '.join(PROPOSED_UNSEEN_AWA2)}); use split='standard'")
+        return [c for c in ds.classes if c not in unseen], unseen
+    raise ValueError(f"split must be 'standard' or 'proposed', got {split!r}")
+
+
+def split_table(ds: AwA2, split: str = "standard", valid_pct: float = 0.1, seed: int = 42,
+                max_per_class: int | None = None) -> pd.DataFrame:
+    """Table of every image with ``split`` in {train, valid, unseen}.
+
+    Seen images are split train/valid per class and seeded, so every seen class
+    is in both (even with a few images a class) and the same arguments give the
+    same split on any machine (file order is sorted, numpy's PCG64 is stable).
+    """
+    seen, unseen = seen_unseen(ds, split)
+    rng = np.random.default_rng(seed)
+    t = ds.table.sort_values(["cls", "path"]).reset_index(drop=True)
+    if max_per_class:  # shuffle, keep the first N of each class
+        t = (t.iloc[rng.permutation(len(t))].groupby("cls", sort=False).head(max_per_class)
+              .sort_values(["cls", "path"]).reset_index(drop=True))
+    t["split"] = np.where(t["cls"].isin(unseen), "unseen", "train")
+    if valid_pct > 0:
+        for _, idx in t[t["split"] == "train"].groupby("cls", sort=True).groups.items():
+            k = min(len(idx) - 1, max(1, round(valid_pct * len(idx))))
+            if k > 0:
+                t.loc[rng.choice(np.asarray(idx), k, replace=False), "split"] = "valid"
+    t["seen"] = t["cls"].isin(seen)
+    return t
+
+
+def dataset_root(cfg: Config) -> Path:
+    """The AwA2-layout folder a config names, generating the built-in dataset on first use."""
+    if cfg.dataset == "builtin":
+        from .builtin import ensure_builtin
+
+        return ensure_builtin(Path(cfg.data_dir) / "builtin", seed=0)
+    if cfg.dataset == "awa2":
+        return Path(cfg.data_dir) / "Animals_with_Attributes2"
+    return Path(cfg.dataset)
+
+
+def default_vectors(cfg: Config) -> Path:
+    """The word-vector file a config uses: ``cfg.vectors``, else the dataset's default."""
+    if cfg.vectors:
+        return Path(cfg.vectors)
+    if cfg.dataset == "builtin":
+        return dataset_root(cfg) / "vectors.vec"
+    return Path(cfg.data_dir) / "wiki-news-300d-1M.vec"

@@ -1,0 +1,45 @@
+"""Atomic file writes: a crash mid-write never leaves a half-written artifact behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+
+def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
+    """Call ``write(tmp_path)`` then rename the temp file onto ``path`` in one step."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_json(path: str | Path, obj: Any) -> Path:
+    """Atomically write pretty JSON (NumPy scalars and paths become plain values)."""
+    text = json.dumps(obj, indent=2, sort_keys=False, default=_plain)
+    return atomic_write(path, lambda p: p.write_text(text + "\n", encoding="utf-8"))
+
+
+def read_json(path: str | Path) -> Any:
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def _plain(o: Any) -> Any:
+    if hasattr(o, "to_dict") and hasattr(o, "columns"):  # a DataFrame: one dict per row
+        return o.to_dict(orient="records")
+    if hasattr(o, "tolist"):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"cannot write {type(o).__name__} to JSON")

