@@ -75,6 +75,9 @@ def evaluate(cfg: Config, *, force: bool = False, device: str | None = None) -> 
     test = pd.concat([valid, unseen])
     gzsl = M.generalized_zero_shot(_stack(test), test["cls"].tolist(), exp.seen, exp.unseen,
                                    exp.class_vectors())
+    curve = M.seen_unseen_curve(_stack(test), test["cls"].tolist(), exp.seen, exp.unseen,
+                                exp.class_vectors())
+    gzsl.update(AUSUC=curve["AUSUC"], best_H=curve["best_H"])
     uidx = {c: i for i, c in enumerate(exp.unseen)}
     zpred = M.cosine_scores(_stack(unseen), unseen_vecs).argmax(1)
     result = {
@@ -86,7 +89,7 @@ def evaluate(cfg: Config, *, force: bool = False, device: str | None = None) -> 
         "zero_shot": zsl,
         "zero_shot_confusion": M.confusion(zpred, unseen["cls"].map(uidx).to_numpy(),
                                            len(exp.unseen)).tolist(),
-        "gzsl": gzsl,
+        "gzsl": gzsl, "gzsl_curve": curve,
         "model": {"params": count_params(s2.model()), "mb": s2.path.stat().st_size / 1e6},
         "train_seconds": stage1(cfg).metrics["train_seconds"] + s2.metrics["train_seconds"],
     }

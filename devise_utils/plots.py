@@ -129,3 +129,14 @@ def pca_convergence(snapshots: str | Path, class_vecs: dict[str, np.ndarray],
     fig.suptitle("Image vectors (dots) converge to their class word vectors (stars)")
     fig.tight_layout()
     return fig
+
+
+def seen_unseen_curve(curve: dict, title: str = "") -> Figure:
+    """GZSL seen vs unseen accuracy as the calibration sweeps (area = AUSUC)."""
+    fig, ax = plt.subplots(figsize=(4.2, 4))
+    order = np.argsort(curve["unseen"])
+    ax.plot(np.array(curve["unseen"])[order], np.array(curve["seen"])[order], "-o", ms=3)
+    ax.set(xlabel="unseen accuracy", ylabel="seen accuracy", xlim=(0, 1), ylim=(0, 1),
+           title=title or f"seen-unseen curve (AUSUC {curve['AUSUC']:.3f})")
+    fig.tight_layout()
+    return fig

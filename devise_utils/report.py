@@ -12,32 +12,38 @@ from typing import Any
 
 from .study import POSTER
 
+#: Columns holding fractions that read best as percentages.
+PCT = {"poster", "this run", "chance", "stage1_accuracy", "top1", "top3", "top5", "top10",
+       "top-3", "top-5", "zsl_top1", "gzsl_seen", "gzsl_unseen", "gzsl_H", "seen acc",
+       "unseen acc", "H", "H (oracle calibration)", "AUSUC", "zsl_top1_fp32", "zsl_top1_int8",
+       "change", "chance_unseen", "text_to_image_p@10_seen", "text_to_image_p@10_unseen",
+       "image_to_image_p@10_unseen"}
 
-def _fmt(v: Any) -> str:
-    if v is None:
+
+def _fmt(v: Any, pct: bool = False) -> str:
+    if v is None or (isinstance(v, float) and v != v):  # None or NaN
         return "–"
     if isinstance(v, bool):
         return "yes" if v else "no"
     if isinstance(v, float):
-        return f"{100 * v:.2f} %" if 0 <= v <= 1 else f"{v:.2f}"
+        return f"{100 * v:.2f} %" if pct else f"{v:.4g}"
     return str(v)
 
 
 def md_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None) -> str:
-    """A Markdown table; fractions in [0, 1] are shown as percentages."""
+    """A Markdown table; columns named in ``PCT`` are shown as percentages."""
     if not rows:
         return "_(none)_\n"
     cols = list(columns or rows[0].keys())
     out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    out += ["| " + " | ".join(_fmt(r.get(c)) for c in cols) + " |" for r in rows]
+    out += ["| " + " | ".join(_fmt(r.get(c), c in PCT) for c in cols) + " |" for r in rows]
     return "\n".join(out) + "\n"
 
 
 def _backbone_rows(res: dict[str, Any]) -> list[dict[str, Any]]:
-    rows = res.get("04_backbones") or []
-    if not rows and "03_stage2" in res:
-        rows = [res["03_stage2"]["summary"]]
-    return rows
+    """The main run first, then notebook 04's same-budget comparison rows."""
+    main = [{**res["03_stage2"]["summary"], "run": "main"}] if "03_stage2" in res else []
+    return main + [{**r, "run": "comparison"} for r in res.get("04_backbones") or []]
 
 
 def results_markdown(res: dict[str, Any]) -> str:
@@ -59,20 +65,20 @@ def results_markdown(res: dict[str, Any]) -> str:
 
     rows = _backbone_rows(res)
     out.append("## Stage I: classifier accuracy (seen classes, valid split)\n")
-    out.append(md_table([{"backbone": r["backbone"], "weights": r.get("weights"),
-                          "epochs": r.get("epochs"),
+    out.append(md_table([{"run": r["run"], "backbone": r["backbone"],
+                          "weights": r.get("weights"), "epochs": r.get("epochs"),
                           "poster": POSTER.get(r["backbone"], {}).get("stage1_accuracy"),
                           "this run": r["stage1_accuracy"]} for r in rows]))
     out.append("\n## Stage II: top-k by nearest class word vector (seen classes, valid split)\n")
     trow = []
     for r in rows:
         p = POSTER.get(r["backbone"], {})
-        trow.append({"backbone": r["backbone"],
-                     **{f"{k} (poster / run)": f"{_fmt(p.get(k))} / {_fmt(r[k])}"
+        trow.append({"run": r["run"], "backbone": r["backbone"],
+                     **{f"{k} (poster / run)": f"{_fmt(p.get(k), True)} / {_fmt(r[k], True)}"
                         for k in ("top1", "top3", "top5", "top10")}})
     out.append(md_table(trow))
     out.append("\n## Model size\n")
-    out.append(md_table([{"backbone": r["backbone"],
+    out.append(md_table([{"run": r["run"], "backbone": r["backbone"],
                           "params M (poster)": POSTER.get(r["backbone"], {}).get("params_m"),
                           "params M (run)": round(r["params_m"], 2),
                           "MB (poster)": POSTER.get(r["backbone"], {}).get("mb"),
@@ -86,7 +92,11 @@ def results_markdown(res: dict[str, Any]) -> str:
                               "this run": z["per_class_top1"], "chance": z["chance"],
                               "top-3": z.get("top3"), "top-5": z.get("top5")}]))
         out.append("\n## Generalized zero-shot (all classes are candidates)\n")
-        out.append(md_table([{"seen acc": g["seen"], "unseen acc": g["unseen"], "H": g["H"]}]))
+        out.append(md_table([{"seen acc": g["seen"], "unseen acc": g["unseen"], "H": g["H"],
+                              "AUSUC": g.get("AUSUC"),
+                              "H (oracle calibration)": g.get("best_H")}]))
+        out.append("\nUncalibrated, as in the poster's setting; AUSUC (Chao et al. 2016) sweeps "
+                   "the calibration; the oracle H picks it on the test images (an upper bound).\n")
         if zs.get("proposed"):
             out.append("\n## Standard vs proposed split (Xian et al.)\n")
             out.append(md_table(zs["proposed"]))
@@ -116,9 +126,16 @@ def results_markdown(res: dict[str, Any]) -> str:
         out.append("\n## Search\n")
         out.append(md_table(res["07_search"] if isinstance(res["07_search"], list)
                             else [res["07_search"]]))
-    if res.get("08_mobile"):
-        out.append("\n## On a phone: size and single-thread CPU latency (onnxruntime)\n")
-        out.append(md_table(res["08_mobile"]))
+    mob = res.get("08_mobile")
+    if mob:
+        out.append("\n## On a phone: size and single-thread CPU latency (batch 1)\n")
+        out.append(md_table([{**r, "params": r["params"] / 1e6, "latency_ms": round(
+            r["latency_ms"], 2), "min_cosine": f"{r['min_cosine']:.4f}"} for r in mob["table"]],
+            ["backbone", "format", "image_size", "params", "mb", "latency_ms", "min_cosine"]))
+        out.append("\n(params in millions; MB on disk; min cosine to PyTorch fp32 outputs)\n")
+        q = mob.get("int8_zero_shot")
+        if q:
+            out.append(md_table([q]))
     return "\n".join(out)
 
 
@@ -144,7 +161,8 @@ def index_html(res: dict[str, Any], notebooks: Sequence[str]) -> str:
     if zs:
         head += [("Zero-shot per-class top-1", zs["zero_shot"]["per_class_top1"]),
                  ("GZSL H", zs["gzsl"]["H"])]
-    rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{_fmt(v)}</td></tr>" for k, v in head)
+    rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{_fmt(v, True)}</td></tr>"
+                   for k, v in head)
     data = res.get("00_data", {})
     return f"""<!doctype html><html><head><meta charset="utf-8">
 <title>DeViSE-Mobile report</title>

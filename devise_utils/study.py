@@ -44,7 +44,7 @@ def summary(r: dict[str, Any]) -> dict[str, Any]:
         **{k: r["stage2"][k] for k in ("top1", "top3", "top5", "top10")},
         "zsl_top1": r["zero_shot"]["per_class_top1"],
         "gzsl_seen": r["gzsl"]["seen"], "gzsl_unseen": r["gzsl"]["unseen"],
-        "gzsl_H": r["gzsl"]["H"],
+        "gzsl_H": r["gzsl"]["H"], "gzsl_AUSUC": r["gzsl"]["AUSUC"],
         "train_s": r["train_seconds"],
     }
 
@@ -159,3 +159,98 @@ def snapshot_convergence(cfg: Config) -> pd.DataFrame:
                      "mean_cos_nearest_other": float(s.max(1).mean()),
                      "top1": float(np.mean(own_cos > s.max(1)))})
     return pd.DataFrame(rows)
+
+
+def search_quality(cfg: Config, k: int = 10) -> dict[str, Any]:
+    """Precision@k of the poster's searches over every image of the run (HNSW index):
+    text -> image with each class name as the query (unseen classes are zero-shot), and
+    image -> image with each unseen image as the query (itself left out)."""
+    import numpy as np
+
+    from .evaluate import image_embeddings
+    from .experiment import experiment
+    from .search import EmbeddingIndex
+
+    exp = experiment(cfg)
+    emb = image_embeddings(cfg)
+    vecs = np.stack(emb["emb"].to_list())
+    index = EmbeddingIndex(vecs, emb["path"].tolist(), method="hnsw")
+    cls_of = dict(zip(emb["path"], emb["cls"]))
+
+    def precision(hits: list[list[tuple[str, float]]], truth: list[str]) -> float:
+        return float(np.mean([np.mean([cls_of[p] == t for p, _ in h]) for h, t in
+                              zip(hits, truth)]))
+
+    out: dict[str, Any] = {"k": k, "n_images": len(index)}
+    for group, classes in (("seen", exp.seen), ("unseen", exp.unseen)):
+        hits = index.search(exp.class_vectors(classes), k)
+        out[f"text_to_image_p@{k}_{group}"] = precision(hits, classes)
+    unseen = emb[emb["split"] == "unseen"]
+    hits = index.search(np.stack(unseen["emb"].to_list()), k + 1)
+    hits = [[h for h in hs if h[0] != p][:k] for hs, p in zip(hits, unseen["path"])]
+    out[f"image_to_image_p@{k}_unseen"] = precision(hits, unseen["cls"].tolist())
+    out["chance_unseen"] = float(unseen["cls"].value_counts(normalize=True).pow(2).sum())
+    return out
+
+
+def sample_paths(cfg: Config, n: int = 32, split: str | None = None) -> list[str]:
+    """``n`` image paths spread over the classes (calibration and parity samples)."""
+    from .experiment import experiment
+
+    t = experiment(cfg).table
+    if split:
+        t = t[t["split"] == split]
+    t = t.sort_values(["cls", "path"])
+    step = max(1, len(t) // n)
+    return t["path"].iloc[::step].head(n).tolist()
+
+
+def mobile(cfg: Config, backbones: tuple[str, ...], image_sizes: tuple[int, ...] = (224,),
+           runs: int = 20, **budget: Any) -> pd.DataFrame:
+    """The poster's size table made real: params, MB on disk and single-thread CPU latency
+    (onnxruntime) per backbone and precision, for the Stage II models trained on ``budget``
+    (notebook 04's), at each image size."""
+    from .export import mobile_table
+    from .train import stage2
+
+    models = {b: stage2(cfg.replace(**budget, backbone=b, weights=weights_for(b, cfg))).model()
+              for b in backbones}
+    tables = []
+    for size in image_sizes:
+        t = mobile_table(models, size, _samples_at(cfg, size), runs=runs)
+        tables.append(t.assign(image_size=size))
+    return pd.concat(tables, ignore_index=True).rename(columns={"model": "backbone"})
+
+
+def _samples_at(cfg: Config, size: int, n: int = 32):
+    from .export import as_batch
+
+    return as_batch(sample_paths(cfg, n), size)
+
+
+def int8_zero_shot(cfg: Config, n_calibration: int = 32) -> dict[str, Any]:
+    """Zero-shot per-class top-1 of the run's model in PyTorch fp32 vs static-int8 ONNX."""
+    import tempfile
+
+    import numpy as np
+
+    from . import metrics as M
+    from .evaluate import image_embeddings
+    from .experiment import experiment
+    from .export import as_batch, export_onnx, onnx_embed, quantize_int8
+    from .train import stage2
+
+    exp = experiment(cfg)
+    emb = image_embeddings(cfg)
+    unseen = emb[emb["split"] == "unseen"]
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32 = export_onnx(stage2(cfg).model(), Path(tmp) / "m.onnx", cfg.image_size)
+        calib = as_batch(sample_paths(cfg, n_calibration, split="train"), cfg.image_size)
+        q = quantize_int8(fp32, Path(tmp) / "m.int8.onnx", calib)
+        x = as_batch(unseen["path"].tolist(), cfg.image_size)
+        e8 = onnx_embed(q, x)
+    vecs = exp.class_vectors(exp.unseen)
+    y = unseen["cls"].tolist()
+    a = M.zero_shot(np.stack(unseen["emb"].to_list()), y, exp.unseen, vecs)["per_class_top1"]
+    b = M.zero_shot(e8, y, exp.unseen, vecs)["per_class_top1"]
+    return {"zsl_top1_fp32": a, "zsl_top1_int8": b, "change": b - a}

@@ -158,9 +158,9 @@ def _stage_model(exp: Experiment, stage: int) -> DeViSEModel:
 def lr_find(cfg: Config, stage: int = 1, quiet: bool = True) -> dict[str, Any]:
     """fastai's LR range test for a stage's learner; cached as JSON (suggestion + curve)."""
     path = cfg.stage_dir(stage) / f"lr_find_stage{stage}.json"
-    if path.is_file():
-        return read_json(path)
     exp = experiment(cfg)
+    if path.is_file() and (res := read_json(path)).get("data_fingerprint") == exp.fingerprint:
+        return res
     if stage == 2:
         stage1(cfg)
     seed_everything(cfg.seed)
@@ -169,7 +169,7 @@ def lr_find(cfg: Config, stage: int = 1, quiet: bool = True) -> dict[str, Any]:
     with _maybe_quiet(learn, quiet):
         sug = learn.lr_find(show_plot=False)
     rec = learn.recorder
-    out = {"stage": stage, "suggestion": float(sug.valley),
+    out = {"stage": stage, "suggestion": float(sug.valley), "data_fingerprint": exp.fingerprint,
            "lrs": [float(x) for x in rec.lrs], "losses": [float(x) for x in rec.losses]}
     write_json(path, out)
     return out

@@ -59,3 +59,14 @@ def test_generalized_zero_shot_and_harmonic_mean():
 def test_confusion_rows_are_true_classes():
     cm = M.confusion([0, 1, 1, 2], [0, 0, 1, 2], 3)
     assert cm.tolist() == [[1, 1, 0], [0, 1, 0], [0, 0, 1]]
+
+
+def test_seen_unseen_curve_spans_both_extremes_and_ausuc():
+    vecs = np.eye(4, dtype=np.float32)
+    emb = np.array([[1, 0, 0, 0], [0, 1, 0, 0], [0.9, 0, 0.5, 0], [0, 0, 0, 1]], np.float32)
+    y = ["s1", "s2", "u1", "u2"]
+    c = M.seen_unseen_curve(emb, y, ["s1", "s2"], ["u1", "u2"], vecs)
+    pts = set(zip(c["seen"], c["unseen"]))
+    assert (1.0, 0.0) in pts and (0.0, 1.0) in pts     # every image seen / every image unseen
+    assert (1.0, 1.0) in pts                           # a calibration that gets all four right
+    assert c["best_H"] == 1.0 and c["AUSUC"] == pytest.approx(1.0)
