@@ -1,8 +1,7 @@
-"""Image grids of search results: the figures of the poster's applications (notebook 07).
+"""Image grids for search results: what a text or image query finds, and an image's tags.
 
-Figures are built with :class:`matplotlib.figure.Figure` rather than pyplot, so
-calling these in a loop or a test leaks no global figures; Jupyter still shows
-a returned Figure.
+Figures come from pyplot so that a notebook's inline backend shows them at the end of
+the cell (plain ``Figure`` objects only show as text there); scripts can save them.
 """
 
 from __future__ import annotations
@@ -10,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
 
@@ -52,7 +52,7 @@ def show_knn(query_label: str, result_paths: Sequence[str | Path], scores: Seque
     n = len(result_paths) + (query_image is not None)
     ncols = max(1, min(ncols, n))
     nrows = max(1, -(-n // ncols))
-    fig = Figure(figsize=(thumb * ncols, thumb * nrows + 0.5), layout="constrained")
+    fig = plt.figure(figsize=(thumb * ncols, thumb * nrows + 0.5), layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
     slots = iter(axes)
     if query_image is not None:
@@ -75,7 +75,7 @@ def show_knn(query_label: str, result_paths: Sequence[str | Path], scores: Seque
 def show_tags(image: str | Path, tags: Sequence[tuple[str, float]], *,
               thumb: float = 3.0) -> Figure:
     """One image beside a bar chart of its nearest words (image -> tags)."""
-    fig = Figure(figsize=(thumb * 2.2, thumb), layout="constrained")
+    fig = plt.figure(figsize=(thumb * 2.2, thumb), layout="constrained")
     ax_img, ax_bar = fig.subplots(1, 2, width_ratios=[1, 1.2])
     _thumb(ax_img, image, 256)
     ax_img.set_title(_caption(image), fontsize=9)

@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from test_search import make_checkpoint, make_images, write_vec
+from fakes import make_checkpoint, make_images, write_vec
 
 from devise_utils.cli import main
 from devise_utils.export import (

@@ -9,7 +9,8 @@ import pytest
 from devise_utils import pipeline
 
 TINY = ["--set", "max_per_class=8", "--set", "stage1_epochs=1", "--set", "stage2_epochs=2",
-        "--set", "image_size=32", "--set", "compare_max_per_class=6", "--set", "compare_image_size=32",
+        "--set", "image_size=32", "--set", "compare_max_per_class=6",
+        "--set", "compare_image_size=32",
         "--set", "compare_stage1_epochs=1", "--set", "compare_stage2_epochs=1",
         "--set", 'compare_backbones=["squeezenet1_1", "efficientnet_lite0"]']
 

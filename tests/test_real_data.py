@@ -19,9 +19,11 @@ def test_short_stage1_and_stage2_on_real_awa2_mini(shared, tmp_path):
     r = evaluate(cfg)
     chance = 1 / len(r["seen"])
     assert len(r["seen"]) == 14 and len(r["unseen"]) == 5
-    # Transfer from ImageNet: far above chance after a few epochs on ~800 photos.
-    assert r["stage1"]["accuracy"] >= 4 * chance, r["stage1"]["accuracy"]
-    assert r["stage2"]["top5"] >= 3 * 5 * chance, r["stage2"]
+    # Transfer from ImageNet: far above chance after a few epochs on ~800 photos
+    # (measured: Stage I 0.69, Stage II top-1 0.65, top-5 0.90; chance 0.07 and 0.36).
+    assert r["stage1"]["accuracy"] >= 5 * chance, r["stage1"]["accuracy"]
+    assert r["stage2"]["top1"] >= 5 * chance, r["stage2"]
+    assert r["stage2"]["top5"] >= 2 * 5 * chance, r["stage2"]
     assert 0 <= r["zero_shot"]["per_class_top1"] <= 1
     # The cache lives under data_dir, never inside the read-only ../shared.
     assert (tmp_path / "data" / "cache").is_dir()

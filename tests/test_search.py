@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
+from fakes import DIM, make_checkpoint, make_images, write_vec
 
 from devise_utils.cli import main
 from devise_utils.embeddings import MissingVectorsError, WordVectors, normalize
@@ -20,7 +20,6 @@ from devise_utils.search import (
     vocabulary,
 )
 
-DIM = 300
 WORDS = ["zebra", "horse", "tiger", "striped", "animal", "stripes", "grass", "water",
          "the", "Paris", "1999", "spotted", "cat"]
 
@@ -156,48 +155,6 @@ def test_rank_labels(wv):
 
 
 # --- the command line, end to end ----------------------------------------------------------
-
-def make_images(folder: Path, n: int = 6, size: int = 72) -> list[Path]:
-    """Small striped/solid colour pictures (sub-folders stand for classes)."""
-    from PIL import Image
-
-    rng = np.random.default_rng(3)
-    paths = []
-    for i in range(n):
-        a = np.zeros((size, size, 3), np.uint8) + rng.integers(0, 255, 3, dtype=np.uint8)
-        if i % 2:
-            a[:, ::8] = 255 - a[:, ::8]  # stripes
-        p = folder / ("striped" if i % 2 else "plain") / f"img{i}.jpg"
-        p.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(a).save(p)
-        paths.append(p)
-    return paths
-
-
-def write_vec(path: Path, words: list[str], seed: int) -> Path:
-    vecs = np.random.default_rng(seed).standard_normal((len(words), DIM))
-    lines = [f"{len(words)} {DIM}"] + [w + " " + " ".join(f"{v:.5f}" for v in row)
-                                       for w, row in zip(words, vecs)]
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
-
-
-def make_checkpoint(path: Path, vectors: Path, seed: int = 0, image_size: int = 64) -> Path:
-    """A tiny random Stage II SqueezeNet checkpoint, saved as training would save it."""
-    import torch
-
-    from devise_utils.config import Config
-    from devise_utils.embeddings import file_sha256
-    from devise_utils.models import build_model, save_checkpoint
-
-    torch.manual_seed(seed)
-    cfg = Config(head_hidden=32, image_size=image_size)
-    model = build_model("squeezenet1_1", DIM, head_hidden=cfg.head_hidden).eval()
-    meta = {"stage": 2, "backbone": "squeezenet1_1", "n_out": DIM, "dim": DIM,
-            "image_size": image_size, "classes": ["zebra", "horse"], "vectors": str(vectors),
-            "vectors_sha256": file_sha256(vectors), "config": cfg.to_dict(), "metrics": {}}
-    return save_checkpoint(model, meta, path)
-
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
