@@ -44,6 +44,14 @@ def test_pipeline_tiny_builtin_run_writes_every_report_file(builtin_dir, tmp_pat
     results = json.loads((out / "results.json").read_text())
     _check_report(out, results)
     assert results["00_data"]["dataset"] == "builtin"
+    # --from resumes: earlier executed notebooks are kept as they were, later ones re-run.
+    first = (out / "00_data_prep.ipynb").stat().st_mtime_ns
+    last = (out / "08_mobile.ipynb").stat().st_mtime_ns
+    assert pipeline.main(["--data-dir", str(builtin_dir), "--runs-dir", str(tmp_path / "runs"),
+                          "--out", str(out), "--from", "8", *TINY]) == 0
+    assert (out / "00_data_prep.ipynb").stat().st_mtime_ns == first
+    assert (out / "08_mobile.ipynb").stat().st_mtime_ns > last
+    _check_report(out, json.loads((out / "results.json").read_text()))
 
 
 @pytest.mark.slow
