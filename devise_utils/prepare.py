@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import pandas as pd
 from PIL import Image, ImageFile, ImageOps
 
 from .config import Config
+from .files import atomic_write
 
 JPEG_QUALITY = 90
 
@@ -68,13 +68,7 @@ def _convert(src: Path, dst: Path, short_side: int) -> str | None:
             scale = short_side / min(w, h)
             size = (max(short_side, round(w * scale)), max(short_side, round(h * scale)))
             img = img.resize(size, Image.Resampling.LANCZOS)
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dst.with_name(f".{dst.name}.{os.getpid()}-{threading.get_ident()}.tmp")
-        try:
-            img.save(tmp, format="JPEG", quality=JPEG_QUALITY)
-            os.replace(tmp, dst)
-        finally:
-            tmp.unlink(missing_ok=True)
+        atomic_write(dst, lambda tmp: img.save(tmp, format="JPEG", quality=JPEG_QUALITY))
         return None
     except Exception as e:  # one bad file must never stop the run
         return f"{type(e).__name__}: {e}".replace("\t", " ").replace("\n", " ")
@@ -105,10 +99,8 @@ def prepare_cache(table: pd.DataFrame, cache_dir: str | Path, short_side: int = 
             ImageFile.LOAD_TRUNCATED_IMAGES = truncated
     skipped = [(str(srcs[i]), reasons[i]) for i in sorted(reasons)]
     tsv = cache_dir / "skipped.tsv"
-    tmp = tsv.with_name(f".skipped.tsv.{os.getpid()}.tmp")
-    tmp.write_text("path\treason\n" + "".join(f"{p}\t{r}\n" for p, r in skipped),
-                   encoding="utf-8")
-    os.replace(tmp, tsv)
+    atomic_write(tsv, lambda tmp: tmp.write_text(
+        "path\treason\n" + "".join(f"{p}\t{r}\n" for p, r in skipped), encoding="utf-8"))
     keep = np.array([i not in reasons for i in range(len(srcs))], dtype=bool)
     out = table.copy()
     out["source"] = [str(s) for s in srcs]
