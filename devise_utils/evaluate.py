@@ -73,10 +73,9 @@ def evaluate(cfg: Config, *, force: bool = False, device: str | None = None) -> 
     s2_seen = M.zero_shot(_stack(valid), valid["cls"].tolist(), exp.seen, seen_vecs)
     zsl = M.zero_shot(_stack(unseen), unseen["cls"].tolist(), exp.unseen, unseen_vecs)
     test = pd.concat([valid, unseen])
-    gzsl = M.generalized_zero_shot(_stack(test), test["cls"].tolist(), exp.seen, exp.unseen,
-                                   exp.class_vectors())
-    curve = M.seen_unseen_curve(_stack(test), test["cls"].tolist(), exp.seen, exp.unseen,
-                                exp.class_vectors())
+    test_emb, test_y, all_vecs = _stack(test), test["cls"].tolist(), exp.class_vectors()
+    gzsl = M.generalized_zero_shot(test_emb, test_y, exp.seen, exp.unseen, all_vecs)
+    curve = M.seen_unseen_curve(test_emb, test_y, exp.seen, exp.unseen, all_vecs)
     gzsl.update(AUSUC=curve["AUSUC"], best_H=curve["best_H"])
     uidx = {c: i for i, c in enumerate(exp.unseen)}
     zpred = M.cosine_scores(_stack(unseen), unseen_vecs).argmax(1)

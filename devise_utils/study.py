@@ -161,10 +161,13 @@ def snapshot_convergence(cfg: Config) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def search_quality(cfg: Config, k: int = 10) -> dict[str, Any]:
+def search_quality(cfg: Config, k: int = 10, index: Any = None) -> dict[str, Any]:
     """Precision@k of the poster's searches over every image of the run (HNSW index):
     text -> image with each class name as the query (unseen classes are zero-shot), and
-    image -> image with each unseen image as the query (itself left out)."""
+    image -> image with each unseen image as the query (itself left out).
+
+    ``index``: an EmbeddingIndex already built over :func:`image_embeddings` (labels =
+    paths), so a notebook that has one does not build it twice."""
     import numpy as np
 
     from .evaluate import image_embeddings
@@ -173,8 +176,9 @@ def search_quality(cfg: Config, k: int = 10) -> dict[str, Any]:
 
     exp = experiment(cfg)
     emb = image_embeddings(cfg)
-    vecs = np.stack(emb["emb"].to_list())
-    index = EmbeddingIndex(vecs, emb["path"].tolist(), method="hnsw")
+    if index is None:
+        index = EmbeddingIndex(np.stack(emb["emb"].to_list()), emb["path"].tolist(),
+                               method="hnsw")
     cls_of = dict(zip(emb["path"], emb["cls"]))
 
     def precision(hits: list[list[tuple[str, float]]], truth: list[str]) -> float:
@@ -232,8 +236,6 @@ def int8_zero_shot(cfg: Config, n_calibration: int = 32) -> dict[str, Any]:
     """Zero-shot per-class top-1 of the run's model in PyTorch fp32 vs static-int8 ONNX."""
     import tempfile
 
-    import numpy as np
-
     from . import metrics as M
     from .evaluate import image_embeddings
     from .experiment import experiment
@@ -251,6 +253,6 @@ def int8_zero_shot(cfg: Config, n_calibration: int = 32) -> dict[str, Any]:
         e8 = onnx_embed(q, x)
     vecs = exp.class_vectors(exp.unseen)
     y = unseen["cls"].tolist()
-    a = M.zero_shot(np.stack(unseen["emb"].to_list()), y, exp.unseen, vecs)["per_class_top1"]
+    a = evaluate(cfg)["zero_shot"]["per_class_top1"]  # fp32, same images (cached)
     b = M.zero_shot(e8, y, exp.unseen, vecs)["per_class_top1"]
     return {"zsl_top1_fp32": a, "zsl_top1_int8": b, "change": b - a}
