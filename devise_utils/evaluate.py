@@ -1,9 +1,10 @@
-"""The evaluation protocol applied to a trained configuration, cached as JSON.
+"""The evaluation protocol, applied to what a run has already produced (it never trains).
 
-Stage I accuracy on the seen valid split; Stage II top-1/3/5/10 on the same images
-among seen class vectors (the poster's table); zero-shot per-class mean top-1 among
-unseen classes only; generalized zero-shot (all classes as candidates) with the
-harmonic mean; per-class accuracies and confusion matrices.
+Stage I accuracy on the seen valid split; Stage II top-1/3/5/10 on the same images among
+seen class vectors (the poster's table); zero-shot per-class mean top-1 among unseen
+classes only; generalized zero-shot (all classes as candidates) uncalibrated, calibrated
+and as a seen-unseen curve; per-class accuracies and confusion matrices. Every method
+(DeViSE and the baselines) is scored by the same function on the same images.
 """
 
 from __future__ import annotations
@@ -14,83 +15,133 @@ import numpy as np
 import pandas as pd
 
 from . import metrics as M
-from .config import Config
-from .experiment import Experiment, experiment
-from .files import read_json, write_json
+from .experiment import Experiment
 from .models import count_params
 from .predict import embed_paths
-from .train import stage1, stage2
+from .train import StageResult
 
 
-def image_embeddings(cfg: Config, *, device: str | None = None) -> pd.DataFrame:
-    """Stage II embeddings of every image (path, cls, split, emb), cached per config."""
-    path = cfg.run_dir / "embeddings.npz"
-    s2 = stage2(cfg)
-    if path.is_file() and path.stat().st_mtime >= s2.path.stat().st_mtime:
-        z = np.load(path, allow_pickle=False)
-        return pd.DataFrame({"path": z["paths"], "cls": z["cls"], "split": z["split"],
-                             "emb": list(z["emb"])})
-    exp = experiment(cfg)
-    emb, kept = embed_paths(s2.model(), exp.table["path"].tolist(), cfg.image_size,
-                            batch_size=cfg.batch_size, device=device or cfg.resolved_device(),
-                            num_workers=cfg.num_workers)
+def image_embeddings(exp: Experiment, s2: StageResult, device: str = "cpu") -> pd.DataFrame:
+    """Stage II embeddings of every image of the run: path, cls, split, emb."""
+    emb, kept = embed_paths(s2.model(), exp.table["path"].tolist(),
+                            batch_size=exp.cfg.batch_size, device=device,
+                            num_workers=exp.cfg.num_workers)
     t = exp.table.set_index("path").loc[kept].reset_index()
-    np.savez_compressed(path, emb=emb, paths=t["path"].to_numpy(str),
-                        cls=t["cls"].to_numpy(str), split=t["split"].to_numpy(str))
     return pd.DataFrame({"path": t["path"], "cls": t["cls"], "split": t["split"],
                          "emb": list(emb)})
 
 
-def _stack(df: pd.DataFrame) -> np.ndarray:
+def backbone_features(exp: Experiment, model, device: str = "cpu") -> pd.DataFrame:
+    """Pooled body features (before the head) of every image: the linear map's input."""
+    import torch
+
+    from .predict import embed_paths
+
+    feats = torch.nn.Sequential(model.body, torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+    feats.image_size = model.image_size
+    out, kept = embed_paths(feats, exp.table["path"].tolist(), exp.cfg.batch_size, device,
+                            normalize=False)
+    t = exp.table.set_index("path").loc[kept].reset_index()
+    return pd.DataFrame({"path": t["path"], "cls": t["cls"], "split": t["split"],
+                         "emb": list(out)})
+
+
+def conse_vectors(exp: Experiment, logits: pd.DataFrame, top: int) -> pd.DataFrame:
+    """ConSE image vectors from Stage I's softmax over the seen classes (no Stage II)."""
+    from scipy.special import softmax
+
+    from .baselines import conse_embed
+
+    vecs = conse_embed(softmax(stack(logits), axis=1), exp.class_vectors(exp.seen), top)
+    return logits.assign(emb=list(vecs))
+
+
+def linear_map_vectors(exp: Experiment, features: pd.DataFrame) -> pd.DataFrame:
+    """Ridge map from features to class vectors, fitted on the train images of the seen
+    classes (lambda by leave-classes-out among them); applied to the valid/unseen images."""
+    from .baselines import fit_linear_map
+
+    train = features[features["split"] == "train"]
+    idx = {c: i for i, c in enumerate(exp.seen)}
+    lm = fit_linear_map(stack(train), train["cls"].map(idx).to_numpy(),
+                        exp.class_vectors(exp.seen), seed=exp.cfg.seed)
+    test = features[features["split"].isin(["valid", "unseen"])]
+    return test.assign(emb=list(lm.embed(stack(test))))
+
+
+def stack(df: pd.DataFrame) -> np.ndarray:
+    """The ``emb`` column as one (N, D) array."""
     return np.stack(df["emb"].to_list()) if len(df) else np.zeros((0, 1), np.float32)
 
 
-def stage1_eval(cfg: Config, exp: Experiment, device: str) -> dict[str, Any]:
-    """Stage I classifier on the valid split: accuracy, per-class accuracy, confusion."""
-    valid = exp.images("valid")
-    out, kept = embed_paths(stage1(cfg).model(), valid["path"].tolist(), cfg.image_size,
-                            batch_size=cfg.batch_size, device=device)
+def stage1_eval(exp: Experiment, logits: pd.DataFrame) -> dict[str, Any]:
+    """Stage I classifier on the valid split: accuracy, per-class accuracy, confusion.
+    ``logits``: the Stage I outputs of the valid images (an ``emb`` column, seen order)."""
     idx = {c: i for i, c in enumerate(exp.seen)}
-    y = valid.set_index("path").loc[kept, "cls"].map(idx).to_numpy()
-    pred = out.argmax(1)
+    y = logits["cls"].map(idx).to_numpy()
+    pred = stack(logits).argmax(1)
     pc = M.per_class_accuracy(pred, y, len(exp.seen))
     return {"accuracy": float(np.mean(pred == y)),
             "per_class": {c: (None if np.isnan(a) else float(a)) for c, a in zip(exp.seen, pc)},
             "confusion": M.confusion(pred, y, len(exp.seen)).tolist(), "n_images": len(y)}
 
 
-def evaluate(cfg: Config, *, force: bool = False, device: str | None = None) -> dict[str, Any]:
-    """Every metric of the study for one configuration (trains what is missing)."""
-    path = cfg.run_dir / "metrics.json"
-    s2 = stage2(cfg)
-    if not force and path.is_file() and path.stat().st_mtime >= s2.path.stat().st_mtime:
-        return read_json(path)
-    device = device or cfg.resolved_device()
-    exp = experiment(cfg)
-    emb = image_embeddings(cfg, device=device)
+def score_method(exp: Experiment, emb: pd.DataFrame, calibration: dict[str, Any] | None = None,
+                 csls_k: int = 0) -> dict[str, Any]:
+    """Zero-shot and GZSL numbers of one method from its word-space image vectors.
+
+    ``emb`` holds the valid (seen) and unseen images' vectors; ``calibration``: the
+    pseudo-unseen validation round's scores (``val_scores``, ``val_y``, ``val_unseen_cols``)
+    from which calibrated stacking picks gamma without any unseen-class image.
+    ``csls_k`` > 0 rescores zero-shot with CSLS (hubness correction) over the unseen images.
+    """
     valid, unseen = emb[emb["split"] == "valid"], emb[emb["split"] == "unseen"]
-    seen_vecs, unseen_vecs = exp.class_vectors(exp.seen), exp.class_vectors(exp.unseen)
-    s2_seen = M.zero_shot(_stack(valid), valid["cls"].tolist(), exp.seen, seen_vecs)
-    zsl = M.zero_shot(_stack(unseen), unseen["cls"].tolist(), exp.unseen, unseen_vecs)
+    unseen_vecs = exp.class_vectors(exp.unseen)
+    zsl = M.zero_shot(stack(unseen), unseen["cls"].tolist(), exp.unseen, unseen_vecs)
+    if csls_k:
+        s = M.csls_scores(stack(unseen), unseen_vecs, k=csls_k)
+        zsl = M.zero_shot_from_scores(s, unseen["cls"].tolist(), exp.unseen)
+    uidx = {c: i for i, c in enumerate(exp.unseen)}
+    zpred = M.cosine_scores(stack(unseen), unseen_vecs).argmax(1)
     test = pd.concat([valid, unseen])
-    test_emb, test_y, all_vecs = _stack(test), test["cls"].tolist(), exp.class_vectors()
+    test_emb, test_y, all_vecs = stack(test), test["cls"].tolist(), exp.class_vectors()
     gzsl = M.generalized_zero_shot(test_emb, test_y, exp.seen, exp.unseen, all_vecs)
     curve = M.seen_unseen_curve(test_emb, test_y, exp.seen, exp.unseen, all_vecs)
     gzsl.update(AUSUC=curve["AUSUC"], best_H=curve["best_H"])
-    uidx = {c: i for i, c in enumerate(exp.unseen)}
-    zpred = M.cosine_scores(_stack(unseen), unseen_vecs).argmax(1)
-    result = {
-        "config": cfg.to_dict(), "key": cfg.key(), "backbone": cfg.backbone,
-        "split": cfg.split, "seen": exp.seen, "unseen": exp.unseen,
-        "n_images": {s: int((exp.table["split"] == s).sum()) for s in ("train", "valid", "unseen")},
-        "stage1": stage1_eval(cfg, exp, device),
-        "stage2": {k: s2_seen[k] for k in ("top1", "top3", "top5", "top10", "per_class_top1")},
-        "zero_shot": zsl,
-        "zero_shot_confusion": M.confusion(zpred, unseen["cls"].map(uidx).to_numpy(),
-                                           len(exp.unseen)).tolist(),
-        "gzsl": gzsl, "gzsl_curve": curve,
-        "model": {"params": count_params(s2.model()), "mb": s2.path.stat().st_size / 1e6},
-        "train_seconds": stage1(cfg).metrics["train_seconds"] + s2.metrics["train_seconds"],
-    }
-    write_json(path, result)
-    return result
+    if calibration is not None:
+        cols = np.arange(len(exp.classes)) >= len(exp.seen)
+        yi = np.array([exp.classes.index(c) for c in test_y])
+        cal = M.calibrated_gzsl(calibration["val_scores"], calibration["val_y"],
+                                calibration["val_unseen_cols"],
+                                M.cosine_scores(test_emb, all_vecs), yi, cols)
+        gzsl.update(seen_calibrated=cal["seen"], unseen_calibrated=cal["unseen"],
+                    H_calibrated=cal["H"], gamma=cal["gamma"])
+    return {"zero_shot": zsl, "gzsl": gzsl, "gzsl_curve": curve,
+            "zero_shot_confusion": M.confusion(zpred, unseen["cls"].map(uidx).to_numpy(),
+                                               len(exp.unseen)).tolist()}
+
+
+def seen_topk(exp: Experiment, emb: pd.DataFrame) -> dict[str, Any]:
+    """The poster's Stage II table: top-k of valid images among the seen class vectors."""
+    valid = emb[emb["split"] == "valid"]
+    r = M.zero_shot(stack(valid), valid["cls"].tolist(), exp.seen, exp.class_vectors(exp.seen))
+    return {k: r[k] for k in ("top1", "top3", "top5", "top10", "per_class_top1")}
+
+
+def model_size(s: StageResult) -> dict[str, float]:
+    return {"params": count_params(s.model()), "mb": s.path.stat().st_size / 1e6}
+
+
+def methods_table(r: dict[str, Any]) -> pd.DataFrame:
+    """DeViSE and the baselines side by side (zero-shot and GZSL) from :meth:`Run.metrics`."""
+    rows = []
+    names = {"devise": "DeViSE (Stage II)", "conse": "ConSE (Stage I, no Stage II)",
+             "linear": "linear map (frozen features)"}
+    for key, res in [("devise", r), *(r.get("baselines") or {}).items()]:
+        z, g = res["zero_shot"], res["gzsl"]
+        rows.append({"method": names.get(key, key), "zsl_top1": z["per_class_top1"],
+                     "chance": z["chance"], "gzsl_seen": g["seen"], "gzsl_unseen": g["unseen"],
+                     "gzsl_H": g["H"], "gzsl_H_calibrated": g.get("H_calibrated"),
+                     "gamma": g.get("gamma"), "gzsl_AUSUC": g["AUSUC"],
+                     "H_oracle_upper_bound": g["best_H"]})
+    return pd.DataFrame(rows)

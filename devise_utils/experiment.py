@@ -1,11 +1,14 @@
 """What one configuration sees: the split table, seen/unseen classes and class vectors.
 
-Built once per config and shared by training, evaluation, search and the notebooks,
-so every one of them agrees on which images are train/valid/unseen.
+Built once per config (validate the dataset, split it, prepare the image cache, load the
+class vectors) and handed forward to training, evaluation, search and the notebooks, so
+every one of them agrees on which images are train/valid/unseen.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -17,6 +20,12 @@ from .config import Config
 from .data import AwA2, dataset_root, default_vectors, read_awa2, seen_unseen
 from .embeddings import WordVectors, load_vectors
 
+#: Config fields that decide what data a run sees (its images, split and class vectors).
+DATA_FIELDS = ("dataset", "data_dir", "vectors", "split", "valid_pct", "seed", "max_per_class",
+               "cache_size", "holdout_round")
+#: Share of the seen classes a calibration round holds out as pseudo-unseen.
+HOLDOUT_FRACTION = 0.2
+
 
 @dataclass
 class Experiment:
@@ -27,6 +36,8 @@ class Experiment:
     unseen: list[str]
     vectors: WordVectors       # exactly seen + unseen, in that order
     vectors_path: Path
+    fingerprint: str           # hash of images, classes, split and vectors: a cached model
+    #                            is reused only if the data it was trained on is the same
 
     @property
     def classes(self) -> list[str]:
@@ -35,42 +46,49 @@ class Experiment:
     def class_vectors(self, classes: list[str] | None = None) -> np.ndarray:
         return self.vectors.lookup(classes if classes is not None else self.classes)
 
-    @property
-    def fingerprint(self) -> str:
-        """Hash of the images, their classes and split, and the word vectors: a cached model
-        is reused only if the data it was trained on is still the same."""
-        import hashlib
-
-        h = hashlib.sha256(self.vectors.source_sha256.encode())
-        for path, cls, split in self.table[["path", "cls", "split"]].itertuples(index=False):
-            h.update(f"{Path(path).name}\t{cls}\t{split}\n".encode())
-        return h.hexdigest()[:16]
-
     def images(self, split: str) -> pd.DataFrame:
         return self.table[self.table["split"] == split].reset_index(drop=True)
 
+    def sample_paths(self, n: int = 32, split: str | None = None) -> list[str]:
+        """``n`` image paths spread evenly over the classes (calibration, parity samples)."""
+        t = self.table if split is None else self.table[self.table["split"] == split]
+        t = t.sort_values(["cls", "path"])
+        return t["path"].iloc[::max(1, len(t) // n)].head(n).tolist()
+
 
 def experiment(cfg: Config) -> Experiment:
-    """The (cached) Experiment for ``cfg``: validated data, prepared cache, class vectors."""
-    return _experiment(_frozen(cfg))
+    """The Experiment for ``cfg``: validated data, prepared cache, class vectors. The data
+    is read once per distinct :data:`DATA_FIELDS` (sweeps over model settings share it)."""
+    key = json.dumps({k: getattr(cfg, k) for k in DATA_FIELDS}, sort_keys=True)
+    return Experiment(cfg, *_load(key))
 
 
-def _frozen(cfg: Config) -> str:
-    import json
-
-    return json.dumps(cfg.to_dict(), sort_keys=True, default=str)
-
-
-@lru_cache(maxsize=8)
-def _experiment(cfg_json: str) -> Experiment:
-    import json
-
+@lru_cache(maxsize=4)
+def _load(key: str) -> tuple:
     from .prepare import prepared_table
 
-    cfg = Config.from_dict(json.loads(cfg_json))
+    cfg = Config(**json.loads(key))
     ds = read_awa2(dataset_root(cfg))
     seen, unseen = seen_unseen(ds, cfg.split)
     table = prepared_table(cfg)
+    if cfg.holdout_round:
+        seen, unseen, table = _holdout(seen, table, cfg.seed)
     vpath = default_vectors(cfg)
     wv = load_vectors(vpath, words=seen + unseen).subset(seen + unseen)
-    return Experiment(cfg, ds, table, seen, unseen, wv, vpath)
+    h = hashlib.sha256(wv.source_sha256.encode())
+    for path, cls, split in table[["path", "cls", "split"]].itertuples(index=False):
+        h.update(f"{Path(path).name}\t{cls}\t{split}\n".encode())
+    return ds, table, seen, unseen, wv, vpath, h.hexdigest()[:16]
+
+
+def _holdout(seen: list[str], table: pd.DataFrame, seed: int
+             ) -> tuple[list[str], list[str], pd.DataFrame]:
+    """A calibration round's data: the real unseen classes dropped, a seeded 20 % of the seen
+    classes relabelled unseen (all their images), the rest kept with their train/valid split."""
+    from .metrics import pseudo_unseen_split
+
+    kept, pseudo = pseudo_unseen_split(seen, HOLDOUT_FRACTION, seed)
+    t = table[table["cls"].isin(seen)].copy()
+    t.loc[t["cls"].isin(pseudo), "split"] = "unseen"
+    t["seen"] = t["cls"].isin(kept)
+    return kept, pseudo, t.reset_index(drop=True)

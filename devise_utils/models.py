@@ -14,9 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .config import BACKBONES
 from .files import atomic_write, read_json, write_json
-
-BACKBONES = ("squeezenet1_1", "resnet34", "efficientnet_lite0")
 
 
 class WeightsUnavailableError(RuntimeError):
@@ -24,11 +23,17 @@ class WeightsUnavailableError(RuntimeError):
 
 
 class DeViSEModel(nn.Module):
-    """``body`` (conv features) -> ``head`` (pool, linear layers, optional final BatchNorm)."""
+    """``body`` (conv features) -> ``head`` (pool, linear layers, optional final BatchNorm).
 
-    def __init__(self, body: nn.Module, head: nn.Module, groups: list[nn.Module], backbone: str):
+    ``image_size`` is the input size it was trained at: embedding, search and export read
+    it from the model instead of being told it beside the model.
+    """
+
+    def __init__(self, body: nn.Module, head: nn.Module, groups: list[nn.Module], backbone: str,
+                 image_size: int = 224):
         super().__init__()
         self.body, self.head, self.backbone = body, head, backbone
+        self.image_size = int(image_size)
         self._groups = groups  # body layer groups, in order (not registered twice)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -132,13 +137,14 @@ def create_body(backbone: str, weights: str = "none") -> tuple[nn.Module, int, l
 
 
 def build_model(backbone: str, n_out: int, weights: str = "none", head_hidden: int = 512,
-                dropout: float = 0.25, final_bn: bool = True) -> DeViSEModel:
+                dropout: float = 0.25, final_bn: bool = True, image_size: int = 224
+                ) -> DeViSEModel:
     """Backbone body + a head of linear layers (fastai ``create_head``), optional final BN."""
     from fastai.vision.all import create_head
 
     body, nf, groups = create_body(backbone, weights)
     head = create_head(nf, n_out, lin_ftrs=[head_hidden], ps=dropout, bn_final=final_bn)
-    return DeViSEModel(body, head, groups, backbone)
+    return DeViSEModel(body, head, groups, backbone, image_size)
 
 
 def count_params(model: nn.Module) -> int:
@@ -183,7 +189,8 @@ def load_model(path: str | Path, device: str = "cpu") -> tuple[DeViSEModel, dict
     cfg = meta["config"]
     model = build_model(meta["backbone"], meta["n_out"], weights="none",
                         head_hidden=cfg["head_hidden"], dropout=cfg["dropout"],
-                        final_bn=cfg["final_bn"])
+                        final_bn=cfg["final_bn"],
+                        image_size=meta.get("image_size", cfg.get("image_size", 224)))
     state = torch.load(path, map_location=device, weights_only=True)
     model.load_state_dict(state, strict=True)
     return model.to(device).eval(), meta

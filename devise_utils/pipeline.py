@@ -1,23 +1,27 @@
 """Run the whole study: every notebook in order through papermill, into one report.
 
 ``python -m devise_utils.pipeline`` (README's first command) writes
-``reports/<run>/``: the executed notebooks, their HTML, ``index.html`` with the
-headline numbers, ``results.json`` (every notebook's recorded results) and
-``results.md`` (the poster's tables with this run's numbers beside them).
+``reports/<run>/``: the executed notebooks, their HTML, ``index.html`` (the study at a
+glance), ``results.json`` (every notebook's recorded results) and ``results.md`` (the
+poster's tables with this run's numbers beside them).
+
+The parameters (``--dataset``, ``--set KEY=VALUE``, ...) are checked as one
+:class:`~devise_utils.config.Config` before the first notebook starts, and each notebook
+receives them as its single ``params`` dict. While a notebook runs, what it prints (one line
+per training epoch, among others) is streamed here.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from .config import ROOT
-from .files import atomic_write, read_json, write_json
+from .config import ROOT, Config, ConfigError, make_config
+from .files import read_json, write_json
 
 NOTEBOOK_DIR = ROOT / "notebooks"
 
@@ -27,29 +31,54 @@ def notebooks() -> list[Path]:
     return sorted(NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb"))
 
 
-def to_html(nb_path: Path) -> Path:
-    """nbconvert an executed notebook to a standalone HTML page beside it."""
-    import nbformat
-    from nbconvert import HTMLExporter
+class _Progress:
+    """A file-like sink for a notebook's stdout: each line goes to ``log``, indented."""
 
-    body, _ = HTMLExporter().from_notebook_node(nbformat.read(nb_path, as_version=4))
-    out = nb_path.with_suffix(".html")
-    atomic_write(out, lambda p: p.write_text(body, encoding="utf-8"))
-    return out
+    def __init__(self, log):
+        self.log, self.buf = log, ""
+
+    def write(self, text: str) -> None:
+        self.buf += text
+        *lines, self.buf = self.buf.split("\n")
+        for line in lines:
+            if line.strip():
+                self.log(f"    {line.rstrip()}", flush=True)
+
+    def flush(self) -> None:
+        pass
+
+
+def check(cfg: Config) -> None:
+    """What can be checked before any notebook runs: the files the parameters name."""
+    from .data import dataset_root
+
+    for name, value in (("vectors", cfg.vectors), ("weights", cfg.weights)):
+        if value and value not in ("none", "imagenet") and not Path(value).is_file():
+            raise ConfigError(f"parameter {name!r}: {value} is not a file; give the path of "
+                              f"an existing file" + (" or none/imagenet" if name == "weights"
+                                                     else ""))
+    if cfg.dataset != "builtin" and not dataset_root(cfg).is_dir():
+        hint = ("download it: python -m devise_utils download awa2" if cfg.dataset == "awa2"
+                else "give a folder in AwA2 layout")
+        raise ConfigError(f"parameter 'dataset': {dataset_root(cfg)} is not a folder; {hint}")
 
 
 def run(params: dict[str, Any], report_dir: str | Path, *, start: int = 0,
         kernel: str = "python3", log=print) -> dict[str, Any]:
     """Execute the notebooks from number ``start`` on; stop at the first failure.
 
-    Earlier notebooks' outputs in ``report_dir`` are kept (resume with ``start``).
+    ``params`` are checked first (a ConfigError names a bad key or value before anything
+    runs). Earlier notebooks' outputs in ``report_dir`` are kept (resume with ``start``).
     Returns the status written into results.json.
     """
     import papermill as pm
 
+    from .report import notebook_html, write_reports
+
     report_dir = Path(report_dir).resolve()
-    report_dir.mkdir(parents=True, exist_ok=True)
     params = {**params, "report_dir": str(report_dir)}
+    check(make_config(params))
+    report_dir.mkdir(parents=True, exist_ok=True)
     nbs = notebooks()
     status_path = report_dir / "status.json"
     status = read_json(status_path) if status_path.is_file() and start else {"notebooks": {}}
@@ -63,13 +92,18 @@ def run(params: dict[str, Any], report_dir: str | Path, *, start: int = 0,
         t0 = time.perf_counter()
         error = None
         try:
-            pm.execute_notebook(str(nb), str(out), parameters=params, kernel_name=kernel,
-                                cwd=str(NOTEBOOK_DIR), progress_bar=False)
+            pm.execute_notebook(str(nb), str(out), parameters={"params": params},
+                                kernel_name=kernel, cwd=str(NOTEBOOK_DIR), progress_bar=False,
+                                stdout_file=_Progress(log),
+                                extra_arguments=["--IPKernelApp.log_level=ERROR"])
         except pm.PapermillExecutionError as e:
             error = f"{e.ename}: {e.evalue}"
         secs = time.perf_counter() - t0
         if out.is_file():
-            to_html(out)
+            try:
+                notebook_html(out)
+            except Exception as e:  # noqa: BLE001 (a page that fails to render loses no results)
+                log(f"    (no HTML page for {nb.name}: {e})", flush=True)
         status["notebooks"][nb.name] = {"ok": error is None, "seconds": round(secs, 1),
                                         "error": error}
         write_json(status_path, status)
@@ -81,37 +115,8 @@ def run(params: dict[str, Any], report_dir: str | Path, *, start: int = 0,
         log(f"    ok ({secs:.1f} s)", flush=True)
     status["seconds"] = round(time.perf_counter() - t_all, 1)
     write_json(status_path, status)
-    write_reports(report_dir, status)
+    write_reports(report_dir, status, [nb.name for nb in nbs])
     return status
-
-
-def collect(report_dir: Path) -> dict[str, Any]:
-    """Every notebook's recorded results (``report_dir/results/*.json``) in one dict."""
-    rec = {}
-    for p in sorted((report_dir / "results").glob("*.json")):
-        rec[p.stem] = read_json(p)
-    return rec
-
-
-def environment() -> dict[str, str]:
-    import torch
-
-    return {"python": platform.python_version(), "torch": torch.__version__,
-            "device": (torch.cuda.get_device_name(0) if torch.cuda.is_available()
-                       else f"cpu ({platform.processor() or platform.machine()})"),
-            "platform": platform.platform()}
-
-
-def write_reports(report_dir: Path, status: dict[str, Any]) -> None:
-    """results.json, results.md and index.html from the notebooks' records."""
-    from .report import index_html, results_markdown
-
-    results = {"status": status, "environment": environment(), **collect(report_dir)}
-    write_json(report_dir / "results.json", results)
-    md = results_markdown(results)
-    atomic_write(report_dir / "results.md", lambda p: p.write_text(md, encoding="utf-8"))
-    page = index_html(results, [nb.name for nb in notebooks()])
-    atomic_write(report_dir / "index.html", lambda p: p.write_text(page, encoding="utf-8"))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -120,20 +125,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dataset", default="builtin",
                    help="builtin (default, generated here), awa2, or a folder in AwA2 layout")
     p.add_argument("--vectors", help="word vectors (.vec/.txt/.bin); default: the dataset's")
-    p.add_argument("--weights", help="backbone weights: none, imagenet, or a local file")
+    p.add_argument("--weights", help="backbone weights: none, imagenet, or a local file; "
+                                     "pretrained weights switch the defaults to the real-photo "
+                                     "recipe (devise_utils/config.py PRETRAINED_RECIPE)")
     p.add_argument("--data-dir", help="where datasets and caches live (default: data/)")
     p.add_argument("--runs-dir", help="model/artifact cache (default: runs/)")
-    p.add_argument("--out", help="report folder (default: reports/<run name>)")
-    p.add_argument("--name", help="run name (default: the dataset's name)")
+    p.add_argument("--out", help="report folder (default: reports/<dataset name>)")
     p.add_argument("--from", dest="start", type=int, default=0,
                    help="resume: start at notebook NN, keep earlier outputs")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="any other notebook parameter, e.g. --set stage1_epochs=10 "
-                        "(values are read as JSON, else as text)")
+                   help="any other parameter of devise_utils/config.py, e.g. --set "
+                        "stage1_epochs=10 (values are read as JSON, else as text)")
     return p.parse_args(argv)
 
 
 def params_from_args(a: argparse.Namespace) -> dict[str, Any]:
+    """The parameters the command line names (paths made absolute), unchecked."""
     params: dict[str, Any] = {"dataset": a.dataset}
     for k in ("vectors", "data_dir", "runs_dir"):
         if getattr(a, k):
@@ -146,7 +153,7 @@ def params_from_args(a: argparse.Namespace) -> dict[str, Any]:
     for item in a.set:
         key, sep, value = item.partition("=")
         if not sep:
-            raise SystemExit(f"--set expects KEY=VALUE, got {item!r}")
+            raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
         try:
             params[key] = json.loads(value)
         except json.JSONDecodeError:
@@ -156,11 +163,15 @@ def params_from_args(a: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
-    params = params_from_args(a)
-    name = a.name or (a.dataset if a.dataset in ("builtin", "awa2") else Path(a.dataset).name)
+    name = a.dataset if a.dataset in ("builtin", "awa2") else Path(a.dataset).name
     out = Path(a.out) if a.out else ROOT / "reports" / name
-    print(f"DeViSE-Mobile study: {len(notebooks())} notebooks -> {out}", flush=True)
-    status = run(params, out, start=a.start)
+    try:
+        params = params_from_args(a)
+        print(f"DeViSE-Mobile study: {len(notebooks())} notebooks -> {out}", flush=True)
+        status = run(params, out, start=a.start)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     if status["failed"]:
         print(f"stopped at {status['failed']}; see {out / status['failed']}", file=sys.stderr)
         return 1

@@ -57,17 +57,21 @@ def _collate(batch):
 
 
 @torch.no_grad()
-def embed_tensor(model: nn.Module, x: torch.Tensor) -> np.ndarray:
-    """Unit-norm embeddings of a preprocessed batch (model put in eval mode)."""
+def embed_tensor(model: nn.Module, x: torch.Tensor, normalize: bool = True) -> np.ndarray:
+    """Unit-norm embeddings of a preprocessed batch (model put in eval mode); raw outputs
+    (logits, features) with ``normalize=False``."""
     model.eval()
     dev = next(model.parameters()).device
     out = model(x.to(dev)).float()
-    return torch.nn.functional.normalize(out, dim=1).cpu().numpy()
+    return (torch.nn.functional.normalize(out, dim=1) if normalize else out).cpu().numpy()
 
 
-def embed_paths(model: nn.Module, paths: Sequence[str], image_size: int, batch_size: int = 64,
-                device: str = "cpu", num_workers: int = 0) -> tuple[np.ndarray, list[str]]:
-    """Embed image files; returns (N, D) unit-norm rows and the paths that were readable."""
+def embed_paths(model: nn.Module, paths: Sequence[str], batch_size: int = 64,
+                device: str = "cpu", num_workers: int = 0, *, image_size: int | None = None,
+                normalize: bool = True) -> tuple[np.ndarray, list[str]]:
+    """Embed image files at the model's own input size (``model.image_size``); returns
+    (N, D) unit-norm rows and the paths that were readable."""
+    image_size = image_size or model.image_size
     model = model.to(device).eval()
     loader = torch.utils.data.DataLoader(_Files(paths, image_size), batch_size=batch_size,
                                          num_workers=num_workers, collate_fn=_collate)
@@ -75,7 +79,7 @@ def embed_paths(model: nn.Module, paths: Sequence[str], image_size: int, batch_s
     for x, idx in loader:
         if x is None:
             continue
-        embs.append(embed_tensor(model, x))
+        embs.append(embed_tensor(model, x, normalize))
         kept.extend(paths[i] for i in idx)
     if not embs:
         dim = model(torch.zeros(1, 3, image_size, image_size, device=device)).shape[1]

@@ -13,7 +13,9 @@ an error naming both files instead of returning nonsense neighbours.
 
 from __future__ import annotations
 
+import os
 import re
+import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -89,8 +91,7 @@ class EmbeddingIndex:
         return int(self.vectors.shape[1])
 
     def _new_hnsw(self):
-        import nmslib
-
+        nmslib = import_nmslib()
         index = nmslib.init(method="hnsw", space="cosinesimil")
         index.addDataPointBatch(self.vectors)
         return index
@@ -205,6 +206,31 @@ class EmbeddingIndex:
                 f"--vectors FILE`")
 
 
+def import_nmslib():
+    """``import nmslib`` without the notice its PyPI wheel prints on import.
+
+    The wheel is compiled for SSE2 only and its C++ start-up code writes a
+    three-line "Your CPU supports instructions that this binary was not compiled
+    to use ... install NMSLIB from sources" to file descriptor 2, which
+    ``contextlib.redirect_stderr`` cannot catch; fd 2 points at /dev/null for
+    the import. Real import errors still raise.
+    """
+    if "nmslib" in sys.modules:
+        return sys.modules["nmslib"]
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+            try:
+                import nmslib
+            finally:
+                os.dup2(saved, 2)
+    finally:
+        os.close(saved)
+    return nmslib
+
+
 def _save_npy(path: Path, arr: np.ndarray) -> None:
     with open(path, "wb") as f:  # np.save(str) would append '.npy' to the temp name
         np.save(f, arr, allow_pickle=False)
@@ -301,11 +327,10 @@ def vocabulary(wv: WordVectors, clean: bool = True) -> tuple[list[str], np.ndarr
 
 def word_index(wv: WordVectors, *, method: str = "exact", clean: bool = True,
                **kwargs: Any) -> EmbeddingIndex:
-    """An index over a vocabulary (e.g. ``load_vectors(vec, top_n=50_000)``) for tagging.
+    """An in-memory index over a small vocabulary (words already loaded) for tagging.
 
-    Exact search is the default: building HNSW over 50k words takes longer than
-    brute-forcing a few queries; use ``method="hnsw"`` for a large vocabulary
-    queried many times.
+    For a whole vector file (fastText's 1M words, GloVe's 400k) use
+    :func:`devise_utils.vocab.open_index`: built once per file, saved, reused.
     """
     words, vecs = vocabulary(wv, clean)
     meta = {"kind": "words", "vectors": wv.source, "vectors_sha256": wv.source_sha256}
@@ -351,12 +376,13 @@ def load_model(ckpt: str | Path):
     return load_embedder(_existing(ckpt, "checkpoint"))
 
 
-def embed_images(model, paths: Sequence[str], image_size: int, batch_size: int = 64
+def embed_images(model, paths: Sequence[str], batch_size: int = 64
                  ) -> tuple[np.ndarray, list[str]]:
-    """Unit embeddings of the readable images; raise if none could be read."""
+    """Unit embeddings of the readable images at the model's input size; raise if none
+    could be read."""
     from .predict import embed_paths
 
-    emb, kept = embed_paths(model, list(paths), image_size, batch_size=batch_size)
+    emb, kept = embed_paths(model, list(paths), batch_size=batch_size)
     if not kept:
         raise ValueError(f"none of {len(paths)} image(s) could be read "
                          f"(first: {paths[0] if paths else '-'})")
@@ -378,18 +404,18 @@ def build_image_index(ckpt: str | Path, photos: str | Path, vectors: str | Path 
         warnings.warn(f"{vectors} is not the vector file {ckpt} was trained with "
                       f"({meta['vectors']}); fine if it comes from the same fastText model",
                       stacklevel=2)
-    emb, kept = embed_images(model, image_files(photos), meta["image_size"], batch_size)
+    emb, kept = embed_images(model, image_files(photos), batch_size)
     info = {"kind": "images", "photos": str(Path(photos).resolve()),
             "model": str(Path(ckpt).resolve()), "model_sha256": file_sha256(ckpt),
             "vectors": str(Path(vectors).resolve()), "vectors_sha256": vec_sha,
-            "backbone": meta["backbone"], "image_size": meta["image_size"], "dim": emb.shape[1]}
+            "backbone": meta["backbone"], "image_size": model.image_size, "dim": emb.shape[1]}
     return EmbeddingIndex(emb, kept, info, method=method, **kwargs)
 
 
-def image_to_image(index: EmbeddingIndex, model, path: str | Path, image_size: int,
-                   k: int = 10, exclude_self: bool = True) -> list[tuple[str, float]]:
+def image_to_image(index: EmbeddingIndex, model, path: str | Path, k: int = 10,
+                   exclude_self: bool = True) -> list[tuple[str, float]]:
     """Images nearest a query image; the query itself is left out if it is indexed."""
-    emb, _ = embed_images(model, [str(path)], image_size)
+    emb, _ = embed_images(model, [str(path)])
     hits = index.search(emb, k + 1)[0]
     me = str(Path(path).resolve())
     if exclude_self:
@@ -398,9 +424,9 @@ def image_to_image(index: EmbeddingIndex, model, path: str | Path, image_size: i
 
 
 def label_folder(model, folder: str | Path, classes: Sequence[str], wv: WordVectors,
-                 image_size: int, k: int | None = None) -> dict[str, list[tuple[str, float]]]:
+                 k: int | None = None) -> dict[str, list[tuple[str, float]]]:
     """Zero-shot labels for every image under ``folder``: path -> ranked (class, cosine)."""
-    emb, kept = embed_images(model, image_files(folder), image_size)
+    emb, kept = embed_images(model, image_files(folder))
     return dict(zip(kept, rank_labels(emb, classes, wv, k)))
 
 
@@ -432,28 +458,36 @@ def _cmd_search(args) -> int:
         model_path = args.model or index.meta["model"]
         index.check_file("model", model_path)  # it may have been retrained since indexing
         model, meta = load_model(model_path)
-        hits = image_to_image(index, model, args.image, meta["image_size"], args.k)
+        hits = image_to_image(index, model, args.image, args.k)
     _print_hits(hits)
     return 0
 
 
 def _cmd_tag(args) -> int:
-    model, meta = load_model(args.model)
-    wv = load_vectors(args.vectors or meta["vectors"], top_n=args.top_n)
-    words = word_index(wv, method=args.method)
+    from . import vocab
+
     paths = [p for img in args.images for p in image_files(img)]
-    emb, kept = embed_images(model, paths, meta["image_size"])
-    for path, tags in zip(kept, image_to_tags(emb, words, args.k)):
+    model, meta = load_model(args.model)
+    words = vocab.open_index(args.vectors or meta["vectors"], folder=args.vocab_index,
+                             top_n=args.top_n, rebuild=args.rebuild_vocab,
+                             ef_search=args.ef_search, log=_info)
+    emb, kept = embed_images(model, paths)
+    for path, tags in zip(kept, vocab.tag_images(emb, words, args.k,
+                                                 exact=args.method == "exact")):
         print(path)
         _print_hits(tags)
     return 0
+
+
+def _info(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
 
 
 def _cmd_label(args) -> int:
     classes = [c.strip() for c in args.classes.split(",") if c.strip()]
     model, meta = load_model(args.model)
     wv = load_vectors(args.vectors or meta["vectors"], words=classes)
-    for path, ranked in label_folder(model, args.folder, classes, wv, meta["image_size"],
+    for path, ranked in label_folder(model, args.folder, classes, wv,
                                      args.k).items():
         print(path + "  " + "  ".join(f"{c} {s:.4f}" for c, s in ranked))
     return 0
@@ -480,13 +514,22 @@ def register(subparsers) -> None:
     p.add_argument("--ef-search", type=int, help=f"HNSW beam width (default {EF_SEARCH})")
     p.set_defaults(func=_cmd_search)
 
-    p = subparsers.add_parser("tag", help="nearest vocabulary words of images (tags)")
+    p = subparsers.add_parser("tag", help="nearest vocabulary words of images (tags)",
+                              description="Tags: the nearest words of the whole vocabulary. "
+                              "The vocabulary index is built on first use of a vector file "
+                              "and reused (runs/vocab/<sha256>-...).")
     p.add_argument("images", nargs="+", help="image file(s) or folder(s)")
     p.add_argument("--model", required=True, help="Stage II checkpoint")
     p.add_argument("--vectors", help="vocabulary vectors (default: the checkpoint's)")
-    p.add_argument("--top-n", type=int, default=50_000, help="most frequent words to consider")
+    p.add_argument("--top-n", type=int, default=None,
+                   help="only the N most frequent words (default: every word of the file)")
     p.add_argument("-k", type=int, default=10, help="tags per image")
-    p.add_argument("--method", choices=METHODS, default="exact")
+    p.add_argument("--method", choices=METHODS, default="hnsw",
+                   help="hnsw (default) or exact: scan every word")
+    p.add_argument("--vocab-index", help="vocabulary index folder (default: runs/vocab/"
+                   "<sha256 of --vectors>-...); built there if absent")
+    p.add_argument("--rebuild-vocab", action="store_true", help="rebuild the vocabulary index")
+    p.add_argument("--ef-search", type=int, help="HNSW beam width (default vocab.EF_SEARCH)")
     p.set_defaults(func=_cmd_tag)
 
     p = subparsers.add_parser("label", help="zero-shot labels for a folder of new images")

