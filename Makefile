@@ -18,7 +18,7 @@ SMOKE_PARAMS = $(shell tr -d '\n' < tests/smoke_params.json)
 ## test: every test (unit, integration, nbval over the notebooks) and the linter
 test: $(STAMP)
 	$(PY) -m ruff check devise_utils tests bench
-	$(PY) -m pytest tests -p no:cacheprovider $(ARGS)
+	$(PY) -m pytest tests -p no:cacheprovider --durations=10 $(ARGS)
 	DEVISE_PARAMS='$(SMOKE_PARAMS)' $(PY) -m pytest notebooks --nbval-lax -p no:cacheprovider
 
 ## check-report: open a report's index.html in headless Chromium; fail unless every figure

@@ -101,6 +101,7 @@ class Config:
     stage1_frozen: int = 0            # layer groups kept frozen (0 = train everything)
     stage1_lr: float | None = 3e-3    # None = use lr_find's suggestion
     label_smoothing: float = 0.0      # Stage I cross-entropy label smoothing
+    mixup: float = 0.0                # Stage I mixup alpha (fastai MixUp; 0 = off)
     stage2_epochs: int = 6
     stage2_frozen: int = 0
     stage2_lr: float | None = 3e-3
@@ -194,6 +195,7 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "head_hidden": (1, 65536), "dropout": (0.0, 0.95), "stage1_epochs": (1, 1000),
     "stage2_epochs": (1, 1000), "stage1_frozen": (0, 3), "stage2_frozen": (0, 3),
     "stage1_lr": (1e-7, 10.0), "stage2_lr": (1e-7, 10.0), "label_smoothing": (0.0, 0.5),
+    "mixup": (0.0, 10.0),
     "rank_margin": (0.0, 2.0), "snapshot_per_class": (1, 1000), "conse_top": (1, 1000),
     "csls_k": (0, 1000), "sweep_max_per_class": (2, None), "compare_max_per_class": (2, None),
     "compare_image_size": (16, 1024),

@@ -92,9 +92,9 @@ def recipe_rows(cfg: Config, variants: dict[str, dict[str, Any]]) -> pd.DataFram
                          for name, changes in variants.items()])
 
 
-def stage2_ablations(cfg: Config) -> dict[str, dict[str, Any]]:
+def recipe_ablations(cfg: Config) -> dict[str, dict[str, Any]]:
     """The recipe's one-change variants (notebook 03): the poster's final BatchNorm, the
-    Stage II loss, and how much of the body Stage II trains."""
+    Stage II loss, how much of the body Stage II trains, and Stage I regularisation."""
     return {
         "this run": {},
         "final BatchNorm " + ("off" if cfg.final_bn else "on"): {"final_bn": not cfg.final_bn},
@@ -102,6 +102,9 @@ def stage2_ablations(cfg: Config) -> dict[str, dict[str, Any]]:
             {"loss": "rank" if cfg.loss == "cosine" else "cosine"},
         "Stage II body " + ("frozen" if cfg.stage2_frozen < 3 else "trained"):
             {"stage2_frozen": 3 if cfg.stage2_frozen < 3 else 0},
+        "Stage I label smoothing " + ("off" if cfg.label_smoothing else "0.1"):
+            {"label_smoothing": 0.0 if cfg.label_smoothing else 0.1},
+        "Stage I mixup " + ("off" if cfg.mixup else "0.4"): {"mixup": 0.0 if cfg.mixup else 0.4},
     }
 
 

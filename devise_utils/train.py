@@ -150,6 +150,10 @@ def _learner(exp: Experiment, model: DeViSEModel, stage: int, dls):
     learn = Learner(dls, model, loss_func=loss, metrics=metrics, splitter=splitter,
                     path=cfg.stage_dir(stage), model_dir=".")
     learn.logger = _silent  # fastai prints raw values per epoch; EpochLog prints a readable line
+    if stage == 1 and cfg.mixup > 0:
+        from fastai.callback.mixup import MixUp
+
+        learn.add_cb(MixUp(cfg.mixup))
     return learn
 
 
