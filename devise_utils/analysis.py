@@ -21,8 +21,7 @@ def data_summary(run: Run) -> dict[str, Any]:
     exp, cfg = run.data, run.cfg
     return {"dataset": cfg.dataset if cfg.dataset in ("builtin", "awa2") else str(exp.dataset.root),
             "split": cfg.split, "seen": exp.seen, "unseen": exp.unseen,
-            "n_images": {s: int((exp.table["split"] == s).sum())
-                         for s in ("train", "valid", "unseen")},
+            "n_images": exp.counts,
             "vectors": str(exp.vectors_path), "dim": exp.vectors.dim,
             "weights": cfg.weights, "image_size": cfg.image_size}
 

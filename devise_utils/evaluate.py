@@ -21,29 +21,30 @@ from .predict import embed_paths
 from .train import StageResult
 
 
+def embed_table(table: pd.DataFrame, model, batch_size: int, device: str = "cpu",
+                normalize: bool = True, num_workers: int = 0) -> pd.DataFrame:
+    """``model``'s output for every readable image of ``table``: path, cls, split, emb
+    (unit vectors, or raw outputs such as logits and features with ``normalize=False``)."""
+    out, kept = embed_paths(model, table["path"].tolist(), batch_size, device, num_workers,
+                            normalize=normalize)
+    t = table.set_index("path").loc[kept].reset_index()
+    return pd.DataFrame({"path": t["path"], "cls": t["cls"], "split": t["split"],
+                         "emb": list(out)})
+
+
 def image_embeddings(exp: Experiment, s2: StageResult, device: str = "cpu") -> pd.DataFrame:
     """Stage II embeddings of every image of the run: path, cls, split, emb."""
-    emb, kept = embed_paths(s2.model(), exp.table["path"].tolist(),
-                            batch_size=exp.cfg.batch_size, device=device,
-                            num_workers=exp.cfg.num_workers)
-    t = exp.table.set_index("path").loc[kept].reset_index()
-    return pd.DataFrame({"path": t["path"], "cls": t["cls"], "split": t["split"],
-                         "emb": list(emb)})
+    return embed_table(exp.table, s2.model(), exp.cfg.batch_size, device,
+                       num_workers=exp.cfg.num_workers)
 
 
 def backbone_features(exp: Experiment, model, device: str = "cpu") -> pd.DataFrame:
     """Pooled body features (before the head) of every image: the linear map's input."""
     import torch
 
-    from .predict import embed_paths
-
     feats = torch.nn.Sequential(model.body, torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
     feats.image_size = model.image_size
-    out, kept = embed_paths(feats, exp.table["path"].tolist(), exp.cfg.batch_size, device,
-                            normalize=False)
-    t = exp.table.set_index("path").loc[kept].reset_index()
-    return pd.DataFrame({"path": t["path"], "cls": t["cls"], "split": t["split"],
-                         "emb": list(out)})
+    return embed_table(exp.table, feats, exp.cfg.batch_size, device, normalize=False)
 
 
 def conse_vectors(exp: Experiment, logits: pd.DataFrame, top: int) -> pd.DataFrame:
@@ -134,9 +135,10 @@ def model_size(s: StageResult) -> dict[str, float]:
 
 def methods_table(r: dict[str, Any]) -> pd.DataFrame:
     """DeViSE and the baselines side by side (zero-shot and GZSL) from :meth:`Run.metrics`."""
+    from .report import BASELINES, DEVISE_NAME
+
     rows = []
-    names = {"devise": "DeViSE (Stage II)", "conse": "ConSE (Stage I, no Stage II)",
-             "linear": "linear map (frozen features)"}
+    names = {"devise": DEVISE_NAME, **BASELINES}
     for key, res in [("devise", r), *(r.get("baselines") or {}).items()]:
         z, g = res["zero_shot"], res["gzsl"]
         rows.append({"method": names.get(key, key), "zsl_top1": z["per_class_top1"],

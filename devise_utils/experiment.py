@@ -46,6 +46,11 @@ class Experiment:
     def class_vectors(self, classes: list[str] | None = None) -> np.ndarray:
         return self.vectors.lookup(classes if classes is not None else self.classes)
 
+    @property
+    def counts(self) -> dict[str, int]:
+        """Images per split: train, valid, unseen."""
+        return {s: int((self.table["split"] == s).sum()) for s in ("train", "valid", "unseen")}
+
     def images(self, split: str) -> pd.DataFrame:
         return self.table[self.table["split"] == split].reset_index(drop=True)
 

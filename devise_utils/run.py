@@ -121,17 +121,13 @@ class Run:
     def stage1_logits(self) -> pd.DataFrame:
         """Stage I outputs (seen-class logits) of the valid and unseen images. Reads
         stage1.pth; writes ``logits.npz`` in the Stage I folder."""
-        from .predict import embed_paths
+        from .evaluate import embed_table
 
-        s1 = self.stage1
+        s1, t = self.stage1, self.data.table
 
         def compute() -> pd.DataFrame:
-            t = self.data.table[self.data.table["split"].isin(["valid", "unseen"])]
-            out, kept = embed_paths(s1.model(), t["path"].tolist(), self.cfg.batch_size,
-                                    self.device, normalize=False)
-            t = t.set_index("path").loc[kept].reset_index()
-            return pd.DataFrame({"path": t["path"], "cls": t["cls"], "split": t["split"],
-                                 "emb": list(out)})
+            return embed_table(t[t["split"].isin(["valid", "unseen"])], s1.model(),
+                               self.cfg.batch_size, self.device, normalize=False)
 
         return self._cached_frame(self.cfg.stage_dir(1) / "logits.npz", s1.path, compute)
 
@@ -186,8 +182,7 @@ class Run:
         result = {
             "config": self.cfg.to_dict(), "key": self.cfg.key(), "backbone": self.cfg.backbone,
             "split": self.cfg.split, "seen": exp.seen, "unseen": exp.unseen,
-            "n_images": {s: int((exp.table["split"] == s).sum())
-                         for s in ("train", "valid", "unseen")},
+            "n_images": exp.counts,
             "stage1": E.stage1_eval(exp, logits[logits["split"] == "valid"]),
             "stage2": E.seen_topk(exp, self.embeddings),
             **devise,
