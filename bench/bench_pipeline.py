@@ -98,6 +98,9 @@ def main(argv: list[str] | None = None) -> int:
     wall = time.perf_counter() - t0
     mem.done = True
     mem.join()
+    if not (report / "status.json").is_file():
+        print(f"the pipeline stopped before any notebook (exit {rc})", file=sys.stderr)
+        return rc or 1
     status = json.loads((report / "status.json").read_text())
     result = {
         "command": "python -m devise_utils.pipeline " + " ".join(REAL[a.dataset]),
