@@ -5,21 +5,18 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: reports test check-report lab lint bench bench-recipes lock venv clean
+.PHONY: reports test check-report lab lint bench bench-recipes bench-pipeline lock venv clean
 
 ## reports: run the whole study (every notebook, built-in dataset) into reports/builtin/
 reports: $(STAMP)
 	$(PY) -m devise_utils.pipeline $(ARGS)
 
-# nbval runs the committed notebooks as they are (params = {}) on the small budget of
-# tests/smoke_params.json (also the pipeline tests'), passed in through $$DEVISE_PARAMS.
-SMOKE_PARAMS = $(shell tr -d '\n' < tests/smoke_params.json)
-
-## test: every test (unit, integration, nbval over the notebooks) and the linter
+## test: every test (unit, integration, nbval over the notebooks) and the linter. nbval runs
+## the committed notebooks as they are (params = {}) on the small budget of
+## tests/smoke_params.json, reusing the models the pipeline test trained (tests/conftest.py).
 test: $(STAMP)
 	$(PY) -m ruff check devise_utils tests bench
-	$(PY) -m pytest tests -p no:cacheprovider --durations=10 $(ARGS)
-	DEVISE_PARAMS='$(SMOKE_PARAMS)' $(PY) -m pytest notebooks --nbval-lax -p no:cacheprovider
+	$(PY) -m pytest tests notebooks --nbval-lax -p no:cacheprovider --durations=10 $(ARGS)
 
 ## check-report: open a report's index.html in headless Chromium; fail unless every figure
 ## loads from the page itself (REPORT_DIR=reports/builtin; SCREENSHOT=page.png keeps what it
@@ -57,6 +54,13 @@ bench: $(STAMP)
 ## bench-recipes: the real-photo evidence table (dataset x recipe x method; needs ../shared)
 bench-recipes: $(STAMP)
 	$(PY) bench/bench_recipes.py $(ARGS)
+
+## bench-pipeline: time README's real-photo command end to end in a fresh work folder (wall
+## time, peak RSS of the process tree, per notebook; needs ../shared). DATASET=builtin times
+## README's first command instead.
+DATASET ?= tiny-objects-50
+bench-pipeline: $(STAMP)
+	$(PY) bench/bench_pipeline.py --dataset $(DATASET) $(ARGS)
 
 ## lock: re-resolve requirements.in into requirements.lock
 lock:

@@ -55,6 +55,17 @@ def sweep(cfg: Config, field: str, values: list[Any], **metrics_kw: Any) -> pd.D
                          for v in values])
 
 
+def balance_sweep(cfg: Config, **metrics_kw: Any) -> pd.DataFrame:
+    """Class balancing (inverse-frequency loss weights) against the plain run, on the sweep
+    budget. Where that budget's training classes are already balanced (every weight within
+    5 % of 1), a weighted run would only repeat the plain one, so it is not trained."""
+    from .train import class_weights
+
+    w = class_weights(Run(sweep_config(cfg, balance="none")).data)
+    values = ["none"] if float(w.max() - w.min()) < 0.05 else ["none", "weights"]
+    return sweep(cfg, "balance", values, **metrics_kw)
+
+
 def frozen_sweep(cfg: Config, stage1: tuple[int, ...] = (0, 2), stage2: tuple[int, ...] = (0, 3),
                  **metrics_kw: Any) -> pd.DataFrame:
     """The poster's search over frozen layer groups, per stage (others as ``cfg``)."""

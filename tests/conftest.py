@@ -1,8 +1,17 @@
-"""Shared test fixtures. ``shared`` is the real data beside the repo (../shared)."""
+"""Shared test fixtures. ``shared`` is the real data beside the repo (../shared).
+
+``pytest tests notebooks --nbval-lax`` (``make test``) runs every notebook twice on the
+small budget of ``smoke_params.json``: through the pipeline (tests/test_pipeline.py) and
+as committed, through nbval. Both share one data and model cache, so nbval re-executes the
+notebooks on the models the pipeline test trained instead of training them again.
+"""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -11,6 +20,41 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("DEVISE_SHARED", ROOT.parent / "shared"))
+SMOKE = json.loads((Path(__file__).parent / "smoke_params.json").read_text())
+ENV = "DEVISE_PARAMS"  # devise_utils.config.ENV_OVERRIDES: overrides every Config made
+_SMOKE_DIR = Path(tempfile.mkdtemp(prefix="devise-smoke-"))
+
+
+def smoke_params() -> dict:
+    """The notebooks' small budget, with the data and model cache this session shares."""
+    return {**SMOKE, "data_dir": str(_SMOKE_DIR / "data"), "runs_dir": str(_SMOKE_DIR / "runs")}
+
+
+class _NotebookBudget:
+    """Gives nbval's kernels the smoke budget through ``$DEVISE_PARAMS``, only while a
+    notebook runs (it overrides every Config, so the other tests must not see it). A
+    ``$DEVISE_PARAMS`` the user set is left alone."""
+
+    def __init__(self):
+        self.user = os.environ.get(ENV)
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_setup(self, item):
+        if self.user is not None:
+            return
+        if item.path.suffix == ".ipynb":
+            os.environ[ENV] = json.dumps({**smoke_params(),
+                                          "report_dir": str(_SMOKE_DIR / "nbval-report")})
+        else:
+            os.environ.pop(ENV, None)
+
+
+def pytest_configure(config):
+    config.pluginmanager.register(_NotebookBudget(), "devise-notebook-budget")
+
+
+def pytest_unconfigure(config):
+    shutil.rmtree(_SMOKE_DIR, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

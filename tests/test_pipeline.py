@@ -6,22 +6,22 @@ One tiny built-in pipeline run is shared by every test that reads its outputs.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
+from conftest import SMOKE, smoke_params
 
 from devise_utils import pipeline
 
-#: The small budget nbval runs the notebooks on too (Makefile).
-SMOKE = json.loads((Path(__file__).parent / "smoke_params.json").read_text())
+#: The small budget nbval runs the notebooks on too (conftest.py).
 TINY = [a for k, v in SMOKE.items() for a in ("--set", f"{k}={json.dumps(v)}")]
 
 
 @pytest.fixture(scope="module")
-def report(builtin_dir, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("pipeline")
-    out = tmp / "report"
-    args = ["--data-dir", str(builtin_dir), "--runs-dir", str(tmp / "runs"), "--out", str(out),
+def report(tmp_path_factory):
+    """The smoke pipeline, on the data and model cache nbval reuses after this file."""
+    out = tmp_path_factory.mktemp("pipeline") / "report"
+    shared = smoke_params()
+    args = ["--data-dir", shared["data_dir"], "--runs-dir", shared["runs_dir"], "--out", str(out),
             *TINY]
     lines: list[str] = []
     status = pipeline.run(pipeline.params_from_args(pipeline.parse_args(args)), out,
