@@ -19,8 +19,9 @@ def _cfg(builtin_dir, runs, **kw):
 
 @pytest.fixture(scope="module")
 def trained(builtin_dir, tmp_path_factory):
-    run = Run(_cfg(builtin_dir, tmp_path_factory.mktemp("runs"), stage1_epochs=6,
-                   stage2_epochs=4))
+    # A small budget that still learns (measured: zero-shot 65 %, chance 17 %; 74 s).
+    run = Run(_cfg(builtin_dir, tmp_path_factory.mktemp("runs"), stage1_epochs=4,
+                   stage2_epochs=3, image_size=48))
     return run, run.train().metrics()
 
 
