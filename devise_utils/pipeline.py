@@ -24,6 +24,10 @@ from .config import ROOT, Config, ConfigError, make_config
 from .files import read_json, write_json
 
 NOTEBOOK_DIR = ROOT / "notebooks"
+#: The kernel's own log says nothing a reader needs: a cell's error reaches papermill as an
+#: exception. Quieted are its "running over TCP" warning and the "KeyboardInterrupt caught in
+#: kernel" race jupyter_client provokes by interrupting every kernel before shutting it down.
+KERNEL_QUIET = "--IPKernelApp.log_level=CRITICAL"
 
 
 def notebooks() -> list[Path]:
@@ -95,7 +99,7 @@ def run(params: dict[str, Any], report_dir: str | Path, *, start: int = 0,
             pm.execute_notebook(str(nb), str(out), parameters={"params": params},
                                 kernel_name=kernel, cwd=str(NOTEBOOK_DIR), progress_bar=False,
                                 stdout_file=_Progress(log),
-                                extra_arguments=["--IPKernelApp.log_level=ERROR"])
+                                extra_arguments=[KERNEL_QUIET])
         except pm.PapermillExecutionError as e:
             error = f"{e.ename}: {e.evalue}"
         secs = time.perf_counter() - t0
