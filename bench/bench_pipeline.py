@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -99,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     mem.done = True
     mem.join()
     if not (report / "status.json").is_file():
-        print(f"the pipeline stopped before any notebook (exit {rc})", file=sys.stderr)
+        print(f"the pipeline stopped before any notebook (exit {rc}); work folder: {work}",
+              file=sys.stderr)
         return rc or 1
     status = json.loads((report / "status.json").read_text())
     result = {
@@ -121,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     for k, v in result["notebook_s"].items():
         print(f"  {k:32s} {v / 60:6.1f} min")
     print(f"wrote {out}")
+    if not a.work:
+        shutil.rmtree(work, ignore_errors=True)
     return rc
 
 

@@ -119,7 +119,7 @@ def recipe_ablations(cfg: Config) -> dict[str, dict[str, Any]]:
             {"label_smoothing": 0.0 if cfg.label_smoothing else 0.1},
         "Stage I mixup " + ("off" if cfg.mixup else "0.4"): {"mixup": 0.0 if cfg.mixup else 0.4},
     }
-    if cfg.weights != "none":
+    if cfg.pretrained:
         size = cfg.image_size * 7 // 4 // 8 * 8
         rows[f"input {size} px (upsampled)"] = {"image_size": size}
     return rows

@@ -16,12 +16,13 @@ from pathlib import Path
 
 import pytest
 
+from devise_utils.config import ENV_OVERRIDES as ENV  # overrides every Config made
+
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("DEVISE_SHARED", ROOT.parent / "shared"))
 SMOKE = json.loads((Path(__file__).parent / "smoke_params.json").read_text())
-ENV = "DEVISE_PARAMS"  # devise_utils.config.ENV_OVERRIDES: overrides every Config made
 _SMOKE_DIR = Path(tempfile.mkdtemp(prefix="devise-smoke-"))
 
 
