@@ -28,9 +28,12 @@ from devise_utils.predict import image_transform  # noqa: E402
 from devise_utils.prepare import prepare_cache  # noqa: E402
 
 
-def train_throughput(backbone: str, size: int, batch: int, steps: int, device: str) -> float:
-    """Images/s of forward + backward + Adam step on random batches (compute only)."""
-    model = build_model(backbone, 300).to(device).train()
+def train_throughput(backbone: str, size: int, batch: int, steps: int, device: str,
+                     channels_last: bool = True) -> float:
+    """Images/s of forward + backward + Adam step on random batches (compute only), with
+    the weights in NHWC (``channels_last``, as training uses them) or NCHW."""
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model = build_model(backbone, 300).to(device, memory_format=fmt).train()
     opt = torch.optim.Adam(model.parameters(), 1e-3)
     x = torch.randn(batch, 3, size, size, device=device)
     target = torch.nn.functional.normalize(torch.randn(batch, 300, device=device), dim=1)
@@ -92,9 +95,14 @@ def main() -> None:
     res: dict = {"device": (torch.cuda.get_device_name(0) if a.device == "cuda"
                             else f"cpu x{torch.get_num_threads()} ({platform.machine()})"),
                  "size": a.size, "batch": a.batch, "train_images_per_s": {}}
+    nchw = {}
     for b in BACKBONES:
         res["train_images_per_s"][b] = round(train_throughput(b, a.size, a.batch, a.steps,
                                                               a.device), 1)
+        nchw[b] = train_throughput(b, a.size, a.batch, a.steps, a.device, channels_last=False)
+    # what NHWC weights (train.py, predict.py) buy over the default NCHW, per backbone
+    res["channels_last_speedup"] = {b: round(res["train_images_per_s"][b] / v, 2)
+                                    for b, v in nchw.items()}
     sq = res["train_images_per_s"]["squeezenet1_1"]
     res["squeezenet_x_faster_than"] = {b: round(sq / v, 2) for b, v in
                                     res["train_images_per_s"].items()}

@@ -72,7 +72,7 @@ def embed_paths(model: nn.Module, paths: Sequence[str], batch_size: int = 64,
     """Embed image files at the model's own input size (``model.image_size``); returns
     (N, D) unit-norm rows and the paths that were readable."""
     image_size = image_size or model.image_size
-    model = model.to(device).eval()
+    model = model.to(device, memory_format=torch.channels_last).eval()  # NHWC: faster on CPU
     loader = torch.utils.data.DataLoader(_Files(paths, image_size), batch_size=batch_size,
                                          num_workers=num_workers, collate_fn=_collate)
     embs, kept = [], []

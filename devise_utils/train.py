@@ -149,6 +149,8 @@ def _learner(exp: Experiment, model: DeViSEModel, stage: int, dls):
         metrics = [vector_accuracy(torch.as_tensor(vecs))]
     learn = Learner(dls, model, loss_func=loss, metrics=metrics, splitter=splitter,
                     path=cfg.stage_dir(stage), model_dir=".")
+    # NHWC weights: faster CPU convolutions (bench/bench_train.py, channels_last_speedup)
+    learn.to_channelslast(use_amp=False)
     learn.logger = _silent  # fastai prints raw values per epoch; EpochLog prints a readable line
     if stage == 1 and cfg.mixup > 0:
         from fastai.callback.mixup import MixUp
