@@ -128,6 +128,41 @@ def _global_concat_pool_class():
     return GlobalConcatPool
 
 
+@lru_cache(maxsize=1)
+def _fixed_affine_class():
+    import torch
+    from torch import nn
+
+    class FixedAffine(nn.Module):
+        """An eval-mode ``BatchNorm1d`` as ``x * scale + shift`` (the same function)."""
+
+        def __init__(self, scale: torch.Tensor, shift: torch.Tensor):
+            super().__init__()
+            self.register_buffer("scale", scale.detach().clone())
+            self.register_buffer("shift", shift.detach().clone())
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x * self.scale + self.shift
+
+    return FixedAffine
+
+
+def _kept_bn_as_affine(model):
+    """``model`` (a :func:`mobile_ready` copy) with the head's remaining BatchNorms as
+    :class:`FixedAffine` layers. For PT2E int8: torchao's ``convert_pt2e`` runs a conv-BN
+    QAT fold pass (about 100 pattern graphs exported) whenever the graph holds a batch
+    norm, which tripled the int8 lowering time; the affine is left out of quantisation,
+    so it stays in fp32 as the BatchNorm did (outputs and int8 parity are unchanged)."""
+    from torch import nn
+
+    if not isinstance(getattr(model, "head", None), nn.Sequential):
+        return model
+    affine = _fixed_affine_class()
+    model.head = nn.Sequential(*[affine(*_bn_affine(m)) if isinstance(m, nn.BatchNorm1d)
+                                 else m for m in model.head])
+    return model
+
+
 def mobile_ready(model):
     """A copy of ``model`` (eval) that computes the same function in fewer ops and bytes.
 
@@ -331,7 +366,7 @@ def export_executorch(model, path: str | Path, image_size: int | None = None,
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    model = mobile_ready(model)
+    model = _kept_bn_as_affine(mobile_ready(model))
     image_size = image_size or model.image_size
     example = (torch.zeros(1, 3, image_size, image_size),)
     with _quiet(), torch.no_grad():
@@ -347,6 +382,7 @@ def export_executorch(model, path: str | Path, image_size: int | None = None,
 
             quantizer = XNNPACKQuantizer().set_global(
                 get_symmetric_quantization_config(is_per_channel=True))
+            quantizer.set_module_type(_fixed_affine_class(), None)  # fp32, as a BatchNorm
             prepared = prepare_pt2e(torch.export.export(model, example).module(), quantizer)
             for x in calibration:  # the graph is exported for batch 1
                 prepared(torch.from_numpy(np.ascontiguousarray(x[None])))

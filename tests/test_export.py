@@ -13,6 +13,7 @@ from fakes import make_checkpoint, make_images, write_vec
 
 from devise_utils.cli import main
 from devise_utils.export import (
+    _kept_bn_as_affine,
     as_batch,
     compact_onnx,
     executorch_error,
@@ -98,6 +99,13 @@ def test_mobile_ready_is_the_same_function_without_batchnorm(images, final_bn):
     np.testing.assert_allclose(torch_embed(ready, images), torch_embed(m, images),
                                rtol=1e-4, atol=1e-4)
     assert not m.training and type(m.head[0]).__name__ == "AdaptiveConcatPool2d"  # untouched
+    # for PT2E int8 the kept BatchNorms become fixed affines: no batch norm in the graph
+    # (torchao then skips its slow conv-BN fold pass), still the same function
+    affine = _kept_bn_as_affine(mobile_ready(m))
+    assert [type(x).__name__ for x in affine.head].count("FixedAffine") == 2
+    assert not any(isinstance(x, torch.nn.BatchNorm1d) for x in affine.modules())
+    np.testing.assert_allclose(torch_embed(affine, images), torch_embed(m, images),
+                               rtol=1e-4, atol=1e-4)
 
 
 # --- ONNX ------------------------------------------------------------------------------------
