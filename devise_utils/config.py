@@ -55,6 +55,7 @@ PRETRAINED_RECIPE: dict[str, Any] = {
     "loss": "cosine",          # beat the rank loss on held-out seen classes
     "csls_k": 10,              # hubness correction at inference (+2 points held-out)
     "sweep_max_per_class": 100,  # ablation rows on 100 images per class, to fit a CPU
+    "compare_max_per_class": 30,  # backbone comparison: 30 photos per class
 }
 
 
@@ -97,12 +98,12 @@ class Config:
     augment: bool = True
 
     # -- Stage I (classifier) and Stage II (regression onto word vectors)
-    stage1_epochs: int = 8
+    stage1_epochs: int = 6
     stage1_frozen: int = 0            # layer groups kept frozen (0 = train everything)
     stage1_lr: float | None = 3e-3    # None = use lr_find's suggestion
     label_smoothing: float = 0.0      # Stage I cross-entropy label smoothing
     mixup: float = 0.0                # Stage I mixup alpha (fastai MixUp; 0 = off)
-    stage2_epochs: int = 6
+    stage2_epochs: int = 4
     stage2_frozen: int = 0
     stage2_lr: float | None = 3e-3
     loss: str = "cosine"              # Stage II loss: "cosine" (poster) or "rank" (Frome 2013)
@@ -118,7 +119,7 @@ class Config:
 
     # -- the backbone comparison (notebooks 04, 08): one budget for every backbone
     compare_backbones: tuple[str, ...] = BACKBONES
-    compare_max_per_class: int | None = 30
+    compare_max_per_class: int | None = 20
     compare_image_size: int = 48
     compare_stage1_epochs: int = 5
     compare_stage2_epochs: int = 3

@@ -66,9 +66,14 @@ def balance_sweep(cfg: Config, **metrics_kw: Any) -> pd.DataFrame:
     return sweep(cfg, "balance", values, **metrics_kw)
 
 
-def frozen_sweep(cfg: Config, stage1: tuple[int, ...] = (0, 2), stage2: tuple[int, ...] = (0, 3),
-                 **metrics_kw: Any) -> pd.DataFrame:
-    """The poster's search over frozen layer groups, per stage (others as ``cfg``)."""
+def frozen_sweep(cfg: Config, stage1: tuple[int, ...] | None = None,
+                 stage2: tuple[int, ...] = (0, 3), **metrics_kw: Any) -> pd.DataFrame:
+    """The poster's search over frozen layer groups, per stage (others as ``cfg``).
+
+    ``stage1`` default: (0, 2) with a pretrained body; (0,) from scratch, where a frozen
+    Stage I group would be random filters (the question is one of transfer learning)."""
+    if stage1 is None:
+        stage1 = (0, 2) if cfg.pretrained else (0,)
     a = sweep(cfg, "stage1_frozen", list(stage1), **metrics_kw).assign(stage="I")
     b = sweep(cfg, "stage2_frozen", list(stage2), **metrics_kw).assign(stage="II")
     return pd.concat([a, b], ignore_index=True)
@@ -105,9 +110,11 @@ def recipe_rows(cfg: Config, variants: dict[str, dict[str, Any]]) -> pd.DataFram
 
 def recipe_ablations(cfg: Config) -> dict[str, dict[str, Any]]:
     """The recipe's one-change variants (notebook 03): the poster's final BatchNorm, the
-    Stage II loss, how much of the body Stage II trains, Stage I regularisation and, with an
-    ImageNet backbone, photos upsampled to 1.75x the input size (ImageNet filters expect
-    larger objects than small photos hold; it costs about 3x the time)."""
+    Stage II loss, how much of the body Stage II trains and, with an ImageNet backbone, the
+    questions of fine-tuning it on few photos per class: Stage I regularisation (label
+    smoothing, mixup) and photos upsampled to 1.75x the input size (ImageNet filters expect
+    larger objects than small photos hold; it costs about 3x the time). From scratch (the
+    quick built-in run) those three rows are left out, to keep that run within its time."""
     rows = {
         "this run": {},
         "final BatchNorm " + ("off" if cfg.final_bn else "on"): {"final_bn": not cfg.final_bn},
@@ -115,21 +122,25 @@ def recipe_ablations(cfg: Config) -> dict[str, dict[str, Any]]:
             {"loss": "rank" if cfg.loss == "cosine" else "cosine"},
         "Stage II body " + ("frozen" if cfg.stage2_frozen < 3 else "trained"):
             {"stage2_frozen": 3 if cfg.stage2_frozen < 3 else 0},
-        "Stage I label smoothing " + ("off" if cfg.label_smoothing else "0.1"):
-            {"label_smoothing": 0.0 if cfg.label_smoothing else 0.1},
-        "Stage I mixup " + ("off" if cfg.mixup else "0.4"): {"mixup": 0.0 if cfg.mixup else 0.4},
     }
     if cfg.pretrained:
         size = cfg.image_size * 7 // 4 // 8 * 8
-        rows[f"input {size} px (upsampled)"] = {"image_size": size}
+        rows.update({
+            "Stage I label smoothing " + ("off" if cfg.label_smoothing else "0.1"):
+                {"label_smoothing": 0.0 if cfg.label_smoothing else 0.1},
+            "Stage I mixup " + ("off" if cfg.mixup else "0.4"):
+                {"mixup": 0.0 if cfg.mixup else 0.4},
+            f"input {size} px (upsampled)": {"image_size": size},
+        })
     return rows
 
 
-def mobile_table(cfg: Config, image_sizes: tuple[int, ...] = (224,), runs: int = 20
-                 ) -> pd.DataFrame:
+def mobile_table(cfg: Config, image_sizes: tuple[int, ...] = (224,), runs: int = 20,
+                 phone_size: int = 224) -> pd.DataFrame:
     """The poster's size table made real: params, MB on disk and single-thread CPU latency
     per backbone and format, for notebook 04's Stage II models, at each image size. ONNX
-    for every backbone; ExecuTorch (slow to lower) for the study's own backbone."""
+    for every backbone and size; ExecuTorch (slow to lower: ~20 s per int8 model) for the
+    study's own backbone at ``phone_size``, the poster's and a phone camera app's input."""
     from .export import as_batch
     from .export import mobile_table as export_table
 
@@ -139,7 +150,8 @@ def mobile_table(cfg: Config, image_sizes: tuple[int, ...] = (224,), runs: int =
     for size in image_sizes:
         x = as_batch(samples, size)
         for b, r in runs_.items():
-            formats = cfg.mobile_formats if b == cfg.backbone else ("onnx",)
+            own = b == cfg.backbone and size == phone_size
+            formats = cfg.mobile_formats if own else ("onnx",)
             t = export_table({b: r.stage2.model()}, size, x, runs=runs, formats=formats)
             tables.append(t.assign(image_size=size))
     return pd.concat(tables, ignore_index=True).rename(columns={"model": "backbone"})

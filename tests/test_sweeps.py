@@ -1,0 +1,43 @@
+"""Which rows the sweeps and ablations train: from scratch (the quick built-in run) the
+questions of fine-tuning a pretrained body are left out; with weights every row is there."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from devise_utils import sweeps
+from devise_utils.config import PRETRAINED_RECIPE, make_config
+
+WEIGHTS = "some-backbone.pth"  # never read: these tests train nothing
+
+
+def test_recipe_ablations_from_scratch_and_pretrained():
+    scratch = sweeps.recipe_ablations(make_config({}))
+    assert list(scratch) == ["this run", "final BatchNorm off", "loss rank",
+                             "Stage II body frozen"]
+    pre = sweeps.recipe_ablations(make_config({"weights": WEIGHTS}))
+    assert list(pre)[:4] == ["this run", "final BatchNorm off", "loss rank",
+                             "Stage II body trained"]  # the recipe freezes it: poster's row
+    assert pre["Stage I label smoothing 0.1"] == {"label_smoothing": 0.1}
+    assert pre["Stage I mixup 0.4"] == {"mixup": 0.4}
+    size = PRETRAINED_RECIPE["image_size"] * 7 // 4 // 8 * 8
+    assert pre[f"input {size} px (upsampled)"] == {"image_size": size}
+
+
+def test_frozen_sweep_rows(monkeypatch):
+    trained = []
+
+    def fake_row(cfg, **kw):
+        trained.append((cfg.stage1_frozen, cfg.stage2_frozen, cfg.max_per_class))
+        return {"top1": 0.5}
+
+    monkeypatch.setattr(sweeps, "run_row", fake_row)
+    t = sweeps.frozen_sweep(make_config({}))
+    # from scratch a frozen Stage I group is random filters: only Stage II is swept
+    assert trained == [(0, 0, None), (0, 0, None), (0, 3, None)]
+    assert list(t["stage"]) == ["I", "II", "II"]
+    trained.clear()
+    t = sweeps.frozen_sweep(make_config({"weights": WEIGHTS}))
+    budget = PRETRAINED_RECIPE["sweep_max_per_class"]
+    assert trained == [(0, 3, budget), (2, 3, budget), (0, 0, budget), (0, 3, budget)]
+    assert isinstance(t, pd.DataFrame) and len(t) == 4
