@@ -112,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
         "load_before": [round(x, 2) for x in load0],
         "load_after": [round(x, 2) for x in os.getloadavg()],
         "machine": machine(),
-        "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
+        # "-dirty": the code that ran had uncommitted changes
+        "commit": subprocess.run(["git", "describe", "--always", "--dirty"], cwd=ROOT,
                                  capture_output=True, text=True).stdout.strip(),
         "results": headline(report) if rc == 0 else None,
     }
