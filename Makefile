@@ -15,7 +15,7 @@ reports: $(STAMP)
 ## the committed notebooks as they are (params = {}) on the small budget of
 ## tests/smoke_params.json, reusing the models the pipeline test trained (tests/conftest.py).
 test: $(STAMP)
-	$(PY) -m ruff check devise_utils tests bench
+	$(PY) -m ruff check devise_utils tests bench notebooks
 	$(PY) -m pytest tests notebooks --nbval-lax -p no:cacheprovider --durations=10 $(ARGS)
 
 ## check-report: open a report's index.html in headless Chromium; fail unless every figure
@@ -41,7 +41,7 @@ lab: $(STAMP)
 	$(VENV)/bin/jupyter lab notebooks/
 
 lint: $(STAMP)
-	$(PY) -m ruff check devise_utils tests bench
+	$(PY) -m ruff check devise_utils tests bench notebooks
 
 ## bench: training-throughput, search, vocabulary-search and export benchmarks (figures go in the README)
 bench: $(STAMP)

@@ -41,6 +41,7 @@ def split_caveat(cfg: Config) -> pd.DataFrame:
 
 
 def has_proposed_split(cfg: Config) -> bool:
+    """Whether the dataset holds any of Xian et al.'s proposed-split unseen classes."""
     ds = read_awa2(dataset_root(cfg))
     return any(c in ds.class_ids for c in PROPOSED_UNSEEN_AWA2)
 

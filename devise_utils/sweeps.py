@@ -12,6 +12,7 @@ from typing import Any
 
 import pandas as pd
 
+from .analysis import has_proposed_split
 from .config import Config
 from .run import Run
 
@@ -53,6 +54,15 @@ def sweep(cfg: Config, field: str, values: list[Any], **metrics_kw: Any) -> pd.D
     """One full run per value of ``field`` (all else as ``cfg``, on the sweep budget)."""
     return pd.DataFrame([{field: v, **run_row(sweep_config(cfg, **{field: v}), **metrics_kw)}
                          for v in values])
+
+
+def split_comparison(cfg: Config) -> pd.DataFrame | None:
+    """Xian et al.'s proposed split beside the standard one, both on the sweep budget: the
+    standard split's unseen AwA2 classes are mostly ImageNet-1K classes, the proposed ones are
+    not. None where the dataset holds no proposed-split class or ``cfg`` already uses it."""
+    if cfg.split != "standard" or not has_proposed_split(cfg):
+        return None
+    return sweep(cfg, "split", ["standard", "proposed"])
 
 
 def balance_sweep(cfg: Config, **metrics_kw: Any) -> pd.DataFrame:

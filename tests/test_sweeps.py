@@ -41,3 +41,22 @@ def test_frozen_sweep_rows(monkeypatch):
     budget = PRETRAINED_RECIPE["sweep_max_per_class"]
     assert trained == [(0, 3, budget), (2, 3, budget), (0, 0, budget), (0, 3, budget)]
     assert isinstance(t, pd.DataFrame) and len(t) == 4
+
+
+def test_split_comparison_trains_both_splits_where_the_data_has_them(shared, builtin_dir,
+                                                                     monkeypatch, tmp_path):
+    trained = []
+    monkeypatch.setattr(sweeps, "run_row",
+                        lambda cfg, **kw: trained.append((cfg.split, cfg.max_per_class)) or {})
+    real = make_config({"dataset": str(shared / "data/awa2-real-mini"),
+                        "vectors": str(shared / "vectors/fasttext-wiki-news-subwords-300"
+                                                  ".awa2-classes.vec"),
+                        "data_dir": str(tmp_path / "data"), "runs_dir": str(tmp_path / "runs"),
+                        "sweep_max_per_class": 12})
+    t = sweeps.split_comparison(real)
+    assert list(t["split"]) == ["standard", "proposed"]
+    assert trained == [("standard", 12), ("proposed", 12)]   # on the sweep budget
+    # Nothing to compare: a run already on the proposed split, or no proposed-split class.
+    assert sweeps.split_comparison(real.replace(split="proposed")) is None
+    assert sweeps.split_comparison(make_config({"data_dir": str(builtin_dir)})) is None
+    assert len(trained) == 2
