@@ -13,7 +13,8 @@ minutes. Every variant is scored twice:
 
 ConSE (top-T of Stage I's softmax) is scored on the same images beside the heads. Variants:
 the Stage II loss (cosine; a softmax over temperature-scaled cosines to the seen class
-vectors; the hinge rank loss), epochs, augmentation, the final BatchNorm; each scored with
+vectors, alone or with the most frequent vocabulary words as extra negatives; the hinge
+rank loss), epochs, augmentation, the final BatchNorm; each scored with
 plain cosine, with CSLS, and with the class vectors centred on the seen-class mean (a
 non-transductive hubness correction). Not a test: it trains models.
 
@@ -29,6 +30,7 @@ import argparse
 import json
 import os
 import time
+from functools import lru_cache
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -41,6 +43,7 @@ from scipy.special import softmax  # noqa: E402
 from devise_utils import metrics as M  # noqa: E402
 from devise_utils.baselines import conse_embed  # noqa: E402
 from devise_utils.config import ROOT, make_config  # noqa: E402
+from devise_utils.embeddings import load_vectors, parts  # noqa: E402
 from devise_utils.evaluate import embed_table, stack  # noqa: E402
 from devise_utils.losses import CosineLoss, RankLoss  # noqa: E402
 from devise_utils.run import Run  # noqa: E402
@@ -62,6 +65,23 @@ class SoftmaxCosineLoss(torch.nn.Module):
 
     def forward(self, pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(F.normalize(pred, dim=1) @ self.vecs.T / self.tau, y)
+
+
+class VocabNegativesLoss(SoftmaxCosineLoss):
+    """The softmax over cosines with the ``k`` most frequent vocabulary words as extra
+    negatives (the run's class words left out, its held-out ones included): the head is
+    asked to place each image nearest its class word among many words, not among 40."""
+
+    def __init__(self, class_vecs: np.ndarray, d: dict, vectors: Path, k: int, tau: float):
+        banned = {p for c in [*d["seen"], *d["unseen"]] for p in [c, *parts(c)]}
+        wv = _vocabulary(str(vectors))
+        negs = wv.vectors[[i for i, w in enumerate(wv.words[:k]) if w not in banned]]
+        super().__init__(np.concatenate([class_vecs, negs]), tau)
+
+
+@lru_cache(maxsize=1)
+def _vocabulary(path: str):
+    return load_vectors(path, top_n=20_000, hash_file=False)
 
 
 def cached_features(run: Run, path: Path, n_aug: int) -> dict:
@@ -115,9 +135,11 @@ def train_head(run: Run, d: dict, loss: str, epochs: int, aug: bool, final_bn: b
     ds = [list(zip(torch.as_tensor(a).float(), torch.as_tensor(b).long())) for a, b in
           ((x, y), (d["X"][va], np.array([idx[c] for c in d["cls"][va]])))]
     dls = DataLoaders.from_dsets(*ds, bs=cfg.batch_size, device="cpu")
-    kind, _, tau = loss.partition(":")
+    kind, *args = loss.split(":")
     loss_fn = {"cosine": lambda: CosineLoss(vecs), "rank": lambda: RankLoss(vecs),
-               "softmax": lambda: SoftmaxCosineLoss(vecs, float(tau or 0.2))}[kind]()
+               "softmax": lambda: SoftmaxCosineLoss(vecs, float(args[0])),
+               "vocab": lambda: VocabNegativesLoss(vecs, d, run.data.vectors_path,
+                                                   int(args[0]), float(args[1]))}[kind]()
     learn = Learner(dls, head, loss_func=loss_fn)
     # an epoch over the augmented copies is as long as one over the training images
     steps = epochs * int((d["split"] == "train").sum()) // cfg.batch_size
@@ -160,6 +182,8 @@ HEADS = {  # name: (loss, epochs, augmented features, final BatchNorm)
     "softmax tau 0.2": ("softmax:0.2", 4, True, True),
     "softmax tau 0.5": ("softmax:0.5", 4, True, True),
     "rank (margin 0.1)": ("rank", 4, True, True),
+    "softmax tau 0.1, 5k vocabulary negatives": ("vocab:5000:0.1", 4, True, True),
+    "softmax tau 0.05, 20k vocabulary negatives": ("vocab:20000:0.05", 4, True, True),
 }
 
 
