@@ -38,13 +38,11 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-from scipy.special import softmax  # noqa: E402
 
 from devise_utils import metrics as M  # noqa: E402
-from devise_utils.baselines import conse_embed  # noqa: E402
 from devise_utils.config import ROOT, make_config  # noqa: E402
 from devise_utils.embeddings import load_vectors, parts  # noqa: E402
-from devise_utils.evaluate import embed_table, stack  # noqa: E402
+from devise_utils.evaluate import conse_vectors, embed_table, stack  # noqa: E402
 from devise_utils.losses import CosineLoss, RankLoss  # noqa: E402
 from devise_utils.run import Run  # noqa: E402
 from devise_utils.train import _stage_model, dataloaders, seed_everything  # noqa: E402
@@ -86,7 +84,7 @@ def _vocabulary(path: str):
 
 def cached_features(run: Run, path: Path, n_aug: int) -> dict:
     """Concat-pooled Stage I body features of every image (and ``n_aug`` augmented passes
-    over the training images), Stage I logits, labels and class vectors; cached in ``path``."""
+    over the training images), labels and class vectors; cached in ``path``."""
     if path.is_file():
         z = np.load(path, allow_pickle=False)
         return {k: z[k] for k in z.files}
@@ -95,19 +93,16 @@ def cached_features(run: Run, path: Path, n_aug: int) -> dict:
     body = torch.nn.Sequential(model.body, model.head[0], model.head[1])  # pool + flatten
     body.image_size = model.image_size
     feats = embed_table(exp.table, body, exp.cfg.batch_size, normalize=False)
-    ax, ay = [], []
+    ax, ay, train = [], [], dataloaders(exp, "cpu").train
     with torch.no_grad():
-        for _ in range(n_aug):
-            for xb, yb in dataloaders(exp, "cpu").train:
+        for _ in range(n_aug):  # each pass draws new augmentations
+            for xb, yb in train:
                 ax.append(body(xb.as_subclass(torch.Tensor)).numpy())
                 ay.append(yb.as_subclass(torch.Tensor).numpy())
-    logits = run.stage1_logits
     d = {"X": stack(feats), "cls": feats["cls"].to_numpy(str),
          "split": feats["split"].to_numpy(str),
          "AX": np.concatenate(ax), "AY": np.concatenate(ay), "seen": np.array(exp.seen),
-         "unseen": np.array(exp.unseen), "V": exp.class_vectors(),
-         "L": stack(logits), "Lcls": logits["cls"].to_numpy(str),
-         "Lsplit": logits["split"].to_numpy(str)}
+         "unseen": np.array(exp.unseen), "V": exp.class_vectors()}
     path.parent.mkdir(parents=True, exist_ok=True)
     np.savez(path, **d)
     return d
@@ -212,10 +207,11 @@ def main(argv: list[str] | None = None) -> int:
     for T in (3, 5, 10):
         row = {"variant": f"ConSE T={T} (Stage I only)"}
         for k, d in data.items():
-            emb = conse_embed(softmax(d["L"], axis=1), d["V"][: len(d["seen"])], T)
+            vecs = conse_vectors(runs[k].data, runs[k].stage1_logits, T)  # as notebook 06
+            emb, split, cls = stack(vecs), vecs["split"].to_numpy(str), vecs["cls"].to_numpy(str)
             for how in ("cosine", "csls", "centred"):
-                row[f"{k}_{how}"] = zsl(d, emb, d["Lsplit"], d["Lcls"], how)
-            row[f"{k}_seen_top1"] = seen_top1(d, emb, d["Lsplit"], d["Lcls"])
+                row[f"{k}_{how}"] = zsl(d, emb, split, cls, how)
+            row[f"{k}_seen_top1"] = seen_top1(d, emb, split, cls)
         rows.append(row)
     Path(a.out).write_text(json.dumps(rows, indent=1) + "\n")
     cols = [f"{k}_{h}" for k in ("select", "test") for h in ("cosine", "csls", "centred")]
