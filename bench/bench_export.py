@@ -52,7 +52,7 @@ def samples(images: str | None, n: int, size: int):
     """Real photos spread over classes if available, else Gaussian noise (flagged)."""
     import numpy as np
 
-    from devise_utils.search import image_files
+    from devise_utils.apps.search import image_files
 
     folder = Path(images) if images else SHARED / "data" / "awa2-real-mini" / "JPEGImages"
     if folder.is_dir():
@@ -63,8 +63,8 @@ def samples(images: str | None, n: int, size: int):
 
 
 def main() -> None:
-    from devise_utils.export import FORMATS, executorch_error, mobile_table
-    from devise_utils.models import BACKBONES, build_model
+    from devise_utils.apps.export import FORMATS, executorch_error, mobile_table
+    from devise_utils.model.backbones import BACKBONES, build_model
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--backbones", nargs="+", default=list(BACKBONES), choices=BACKBONES)

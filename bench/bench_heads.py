@@ -39,13 +39,13 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from devise_utils import metrics as M  # noqa: E402
-from devise_utils.config import ROOT, make_config  # noqa: E402
-from devise_utils.embeddings import load_vectors, parts  # noqa: E402
-from devise_utils.evaluate import conse_vectors, embed_table, stack  # noqa: E402
-from devise_utils.losses import CosineLoss, RankLoss  # noqa: E402
-from devise_utils.run import Run  # noqa: E402
-from devise_utils.train import _stage_model, dataloaders, seed_everything  # noqa: E402
+from devise_utils.core.config import ROOT, make_config  # noqa: E402
+from devise_utils.data.vectors import load_vectors, parts  # noqa: E402
+from devise_utils.model.losses import CosineLoss, RankLoss  # noqa: E402
+from devise_utils.model.train import _stage_model, dataloaders, seed_everything  # noqa: E402
+from devise_utils.study import metrics as M  # noqa: E402
+from devise_utils.study.evaluate import conse_vectors, embed_table, stack  # noqa: E402
+from devise_utils.study.run import Run  # noqa: E402
 
 SHARED = Path(os.environ.get("DEVISE_SHARED", ROOT.parent / "shared"))
 PARAMS = {"dataset": str(SHARED / "data/tiny-objects-50"),

@@ -23,9 +23,9 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from devise_utils.config import POSTER_RECIPE, PRETRAINED_RECIPE, ROOT, make_config  # noqa: E402
-from devise_utils.evaluate import seen_topk  # noqa: E402
-from devise_utils.run import Run  # noqa: E402
+from devise_utils.core.config import POSTER_RECIPE, PRETRAINED_RECIPE, ROOT, make_config  # noqa: E402
+from devise_utils.study.evaluate import seen_topk  # noqa: E402
+from devise_utils.study.run import Run  # noqa: E402
 
 SHARED = Path(os.environ.get("DEVISE_SHARED", ROOT.parent / "shared"))
 WEIGHTS = SHARED / "weights/squeezenet1_1-imagenet-onnxzoo.pth"

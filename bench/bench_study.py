@@ -20,8 +20,8 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from devise_utils.config import BACKBONES, make_config  # noqa: E402
-from devise_utils.sweeps import run_row, weights_for  # noqa: E402
+from devise_utils.core.config import BACKBONES, make_config  # noqa: E402
+from devise_utils.study.sweeps import run_row, weights_for  # noqa: E402
 
 
 def main() -> None:

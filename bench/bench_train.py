@@ -23,9 +23,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from devise_utils.models import BACKBONES, build_model  # noqa: E402
-from devise_utils.predict import image_transform  # noqa: E402
-from devise_utils.prepare import prepare_cache  # noqa: E402
+from devise_utils.data.prepare import prepare_cache  # noqa: E402
+from devise_utils.model.backbones import BACKBONES, build_model  # noqa: E402
+from devise_utils.model.predict import image_transform  # noqa: E402
 
 
 def train_throughput(backbone: str, size: int, batch: int, steps: int, device: str,

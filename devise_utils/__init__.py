@@ -11,7 +11,7 @@ import warnings as _warnings  # noqa: E402
 # fastai imports trip torch's jit deprecation notice on every import; it is noise here.
 _warnings.filterwarnings("ignore", message=".*torch.jit.script.*is deprecated")
 
-from .config import Config  # noqa: E402
+from devise_utils.core.config import Config  # noqa: E402
 
 __all__ = ["Config"]
 __version__ = "0.1.0"

@@ -12,7 +12,7 @@ import importlib
 import sys
 
 #: Modules that contribute subcommands, in the order they appear in --help.
-COMMAND_MODULES = ("download", "prepare", "pipeline", "search", "export")
+COMMAND_MODULES = ("data.download", "data.prepare", "pipeline", "apps.search", "apps.export")
 
 
 def build_parser() -> argparse.ArgumentParser:

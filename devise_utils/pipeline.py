@@ -6,7 +6,7 @@ glance), ``results.json`` (every notebook's recorded results) and ``results.md``
 poster's tables with this run's numbers beside them).
 
 The parameters (``--dataset``, ``--set KEY=VALUE``, ...) are checked as one
-:class:`~devise_utils.config.Config` before the first notebook starts, and each notebook
+:class:`~devise_utils.core.config.Config` before the first notebook starts, and each notebook
 receives them as its single ``params`` dict. While a notebook runs, what it prints (one line
 per training epoch, among others) is streamed here.
 """
@@ -20,8 +20,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .config import ROOT, Config, ConfigError, make_config
-from .files import read_json, write_json
+from devise_utils.core.config import ROOT, Config, ConfigError, make_config
+from devise_utils.core.files import read_json, write_json
 
 NOTEBOOK_DIR = ROOT / "notebooks"
 #: The kernel's own log says nothing a reader needs: a cell's error reaches papermill as an
@@ -54,7 +54,7 @@ class _Progress:
 
 def check(cfg: Config) -> None:
     """What can be checked before any notebook runs: the files the parameters name."""
-    from .data import dataset_root
+    from devise_utils.data.awa2 import dataset_root
 
     for name, value in (("vectors", cfg.vectors), ("weights", cfg.weights)):
         if value and value not in ("none", "imagenet") and not Path(value).is_file():
@@ -77,7 +77,7 @@ def run(params: dict[str, Any], report_dir: str | Path, *, start: int = 0,
     """
     import papermill as pm
 
-    from .report import notebook_html, write_reports
+    from devise_utils.report.report import notebook_html, write_reports
 
     report_dir = Path(report_dir).resolve()
     params = {**params, "report_dir": str(report_dir)}

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from devise_utils.config import ENV_OVERRIDES as ENV  # overrides every Config made
+from devise_utils.core.config import ENV_OVERRIDES as ENV  # overrides every Config made
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
@@ -70,7 +70,7 @@ def shared() -> Path:
 @pytest.fixture(scope="session")
 def builtin_dir(tmp_path_factory) -> Path:
     """A data_dir holding the generated built-in dataset (made once per test session)."""
-    from devise_utils.builtin import ensure_builtin
+    from devise_utils.data.builtin import ensure_builtin
 
     d = tmp_path_factory.mktemp("data")
     ensure_builtin(d / "builtin", seed=0)

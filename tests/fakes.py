@@ -38,9 +38,9 @@ def make_checkpoint(path: Path, vectors: Path, seed: int = 0, image_size: int = 
     """A tiny random Stage II SqueezeNet checkpoint, saved as training would save it."""
     import torch
 
-    from devise_utils.config import Config
-    from devise_utils.embeddings import file_sha256
-    from devise_utils.models import build_model, save_checkpoint
+    from devise_utils.core.config import Config
+    from devise_utils.data.vectors import file_sha256
+    from devise_utils.model.backbones import build_model, save_checkpoint
 
     torch.manual_seed(seed)
     cfg = Config(head_hidden=32, image_size=image_size)

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from devise_utils import baselines as B
-from devise_utils import metrics as M
-from devise_utils.losses import CosineLoss, RankLoss
+from devise_utils.model.losses import CosineLoss, RankLoss
+from devise_utils.study import baselines as B
+from devise_utils.study import metrics as M
 
 # --- ConSE ---------------------------------------------------------------------------------
 

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from devise_utils import builtin
-from devise_utils.builtin import ATTRIBUTES, class_attributes, design, ensure_builtin, generate
-from devise_utils.config import Config
-from devise_utils.data import DataError, dataset_root, predicate_matrix, read_awa2
-from devise_utils.embeddings import load_vectors, normalize
+from devise_utils.core.config import Config
+from devise_utils.data import builtin
+from devise_utils.data.awa2 import DataError, dataset_root, predicate_matrix, read_awa2
+from devise_utils.data.builtin import ATTRIBUTES, class_attributes, design, ensure_builtin, generate
+from devise_utils.data.vectors import load_vectors, normalize
 
 ATTR_WORDS = [v for vals in ATTRIBUTES.values() for v in vals]
 

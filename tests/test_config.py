@@ -6,8 +6,9 @@ import json
 
 import pytest
 
-from devise_utils import config, pipeline
-from devise_utils.config import Config, ConfigError, make_config
+from devise_utils import pipeline
+from devise_utils.core import config
+from devise_utils.core.config import Config, ConfigError, make_config
 
 
 def test_a_typo_names_the_closest_valid_keys():

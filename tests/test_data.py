@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from devise_utils.config import PROPOSED_UNSEEN_AWA2, Config
-from devise_utils.data import (
+from devise_utils.core.config import PROPOSED_UNSEEN_AWA2, Config
+from devise_utils.data.awa2 import (
     DataError,
     dataset_root,
     default_vectors,

@@ -16,8 +16,8 @@ import pytest
 from PIL import Image
 
 from devise_utils import cli
-from devise_utils.data import read_awa2
-from devise_utils.download import (
+from devise_utils.data.awa2 import read_awa2
+from devise_utils.data.download import (
     ChecksumError,
     DownloadError,
     UnsafeArchiveError,
@@ -262,7 +262,7 @@ def test_fetch_wrong_archive_says_so(server, tmp_path):
 
 
 def test_cli_download_awa2_end_to_end(server, tmp_path, awa2_zip, capsys, monkeypatch):
-    monkeypatch.setattr(cli, "COMMAND_MODULES", ("download",))  # other commands: own tests
+    monkeypatch.setattr(cli, "COMMAND_MODULES", ("data.download",))  # other commands: own tests
     server.files["/AwA2-data.zip"] = awa2_zip
     argv = ["download", "awa2", "--url", server.url + "/AwA2-data.zip",
             "--data-dir", str(tmp_path), "--keep-zip"]

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from devise_utils.embeddings import (
+from devise_utils.data.vectors import (
     MissingVectorsError,
     WordVectors,
     file_sha256,
@@ -120,7 +120,7 @@ def test_bin_model_gives_subword_vectors(tmp_path):
 
 @pytest.mark.shared
 def test_real_fasttext_vectors(shared):
-    from devise_utils.data import read_awa2
+    from devise_utils.data.awa2 import read_awa2
 
     path = shared / "vectors" / "fasttext-wiki-news-subwords-300.awa2-classes.vec"
     wv = load_vectors(path, ["tiger", "lion", "mouse"])

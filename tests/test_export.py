@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 from fakes import make_checkpoint, make_images, write_vec
 
-from devise_utils.cli import main
-from devise_utils.export import (
+from devise_utils.apps.export import (
     _kept_bn_as_affine,
     as_batch,
     compact_onnx,
@@ -26,6 +25,7 @@ from devise_utils.export import (
     quantized_zero_shot,
     torch_embed,
 )
+from devise_utils.cli import main
 
 SIZE = 64
 #: The size goal: int8 SqueezeNet 1.1 DeViSE (head_hidden 512, final BN, 300-d) on disk.
@@ -39,7 +39,7 @@ needs_executorch = pytest.mark.skipif(executorch_error() is not None,
 def model():
     import torch
 
-    from devise_utils.models import build_model
+    from devise_utils.model.backbones import build_model
 
     torch.manual_seed(0)
     return build_model("squeezenet1_1", 300).eval()
@@ -86,7 +86,7 @@ def _perturb_batchnorms(model) -> None:
 def test_mobile_ready_is_the_same_function_without_batchnorm(images, final_bn):
     import torch
 
-    from devise_utils.models import build_model
+    from devise_utils.model.backbones import build_model
 
     torch.manual_seed(0)
     m = build_model("squeezenet1_1", 50, head_hidden=64, final_bn=final_bn).eval()
@@ -168,7 +168,7 @@ def test_executorch_fp32_parity_in_its_runtime(pte):
 
 @needs_executorch
 def test_executorch_int8_runs_and_is_smaller(pte, model, images):
-    from devise_utils.export import pte_embed
+    from devise_utils.apps.export import pte_embed
 
     fp32, int8 = Path(pte["pte_fp32"]), Path(pte["pte_int8"])
     assert int8.stat().st_size < 0.4 * fp32.stat().st_size
@@ -179,7 +179,7 @@ def test_executorch_int8_runs_and_is_smaller(pte, model, images):
 
 
 def test_executorch_absent_is_a_clear_error(monkeypatch, model):
-    import devise_utils.export as ex
+    import devise_utils.apps.export as ex
 
     monkeypatch.setattr(ex, "executorch_error", lambda: "ExecuTorch is not usable here (x)")
     with pytest.raises(RuntimeError, match="not usable here"):
@@ -229,7 +229,7 @@ def test_bad_inputs(tmp_path, exported):
 
 def test_quantized_zero_shot(tmp_path):
     """fp32 is exactly metrics.zero_shot of the PyTorch embeddings; int8 stays near it."""
-    from devise_utils.metrics import zero_shot
+    from devise_utils.study.metrics import zero_shot
 
     paths = make_images(tmp_path / "photos", n=8, size=48)
     labels = [p.parent.name for p in paths]
@@ -270,7 +270,7 @@ def test_cli_export(tmp_path, capsys):
     for key in ("onnx_fp32", "onnx_int8"):
         assert (out / info[key].split("/")[-1]).is_file()
     # the zero-shot hook reads image paths in batches at the exported size
-    from devise_utils.search import image_files
+    from devise_utils.apps.search import image_files
 
     paths = image_files(tmp_path / "photos")
     by_path = onnx_embed(info["onnx_int8"], paths, batch_size=3)
@@ -285,8 +285,8 @@ def test_cli_export(tmp_path, capsys):
 
 @needs_executorch
 def test_cli_export_executorch(tmp_path, capsys):
-    from devise_utils.export import pte_embed
-    from devise_utils.search import image_files, load_model
+    from devise_utils.apps.export import pte_embed
+    from devise_utils.apps.search import image_files, load_model
 
     vec = write_vec(tmp_path / "words.vec", ["zebra", "horse"], seed=0)
     ckpt = make_checkpoint(tmp_path / "stage2.pth", vec, image_size=32)
@@ -309,8 +309,8 @@ def test_int8_on_real_photos_and_imagenet_weights(shared, tmp_path):
     """Real ImageNet SqueezeNet on real photos at 224 px: int8 stays close to fp32."""
     import torch
 
-    from devise_utils.models import build_model
-    from devise_utils.search import image_files
+    from devise_utils.apps.search import image_files
+    from devise_utils.model.backbones import build_model
 
     torch.manual_seed(0)
     weights = shared / "weights" / "squeezenet1_1-imagenet-onnxzoo.pth"

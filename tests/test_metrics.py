@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from devise_utils import metrics as M
+from devise_utils.study import metrics as M
 
 
 def test_topk_accuracy_hand_computed():

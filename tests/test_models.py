@@ -8,8 +8,8 @@ import urllib.error
 import pytest
 import torch
 
-from devise_utils import models
-from devise_utils.models import WeightsUnavailableError, build_model, count_params
+from devise_utils.model import backbones
+from devise_utils.model.backbones import WeightsUnavailableError, build_model, count_params
 
 
 @pytest.mark.parametrize("backbone,params_m", [("squeezenet1_1", 1.40), ("resnet34", 21.97),
@@ -66,9 +66,9 @@ def test_checkpoint_roundtrip_is_atomic_and_weights_only(tmp_path, monkeypatch):
     m = build_model("squeezenet1_1", 300).eval()
     cfg = {"head_hidden": 512, "dropout": 0.25, "final_bn": True}
     meta = {"stage": 2, "backbone": "squeezenet1_1", "n_out": 300, "config": cfg}
-    path = models.save_checkpoint(m, meta, tmp_path / "stage2.pth")
+    path = backbones.save_checkpoint(m, meta, tmp_path / "stage2.pth")
     assert json.loads(path.with_suffix(".json").read_text())["n_out"] == 300
-    loaded, meta2 = models.load_embedder(path)
+    loaded, meta2 = backbones.load_embedder(path)
     x = torch.randn(1, 3, 64, 64)
     assert torch.allclose(loaded(x), m(x))
     # A crash while writing leaves the previous checkpoint intact and no temp file.
@@ -79,7 +79,7 @@ def test_checkpoint_roundtrip_is_atomic_and_weights_only(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch, "save", boom)
     with pytest.raises(OSError):
-        models.save_checkpoint(m, meta, path)
+        backbones.save_checkpoint(m, meta, path)
     assert path.read_bytes() == before
     assert not list(tmp_path.glob("*.tmp"))
 
@@ -88,17 +88,17 @@ def test_stage1_checkpoint_is_not_an_embedder(tmp_path):
     m = build_model("squeezenet1_1", 5)
     meta = {"stage": 1, "backbone": "squeezenet1_1", "n_out": 5,
             "config": {"head_hidden": 512, "dropout": 0.25, "final_bn": True}}
-    p = models.save_checkpoint(m, meta, tmp_path / "stage1.pth")
+    p = backbones.save_checkpoint(m, meta, tmp_path / "stage1.pth")
     with pytest.raises(ValueError, match="stage-1 checkpoint"):
-        models.load_embedder(p)
+        backbones.load_embedder(p)
 
 
 def test_real_squeezenet_weights_recognise_real_animals(shared):
     """Real ImageNet weights through our preprocessing on real photos: the ImageNet class is
     in the top-5 far more often than chance (0.5 %); small 64-px photos keep it well below 1."""
-    from devise_utils.predict import load_image
+    from devise_utils.model.predict import load_image
 
-    net = models._torchvision("squeezenet1_1",
+    net = backbones._torchvision("squeezenet1_1",
                               str(shared / "weights/squeezenet1_1-imagenet-onnxzoo.pth")).eval()
     hits = []
     for cls, imagenet_idx in [("lion", 291), ("leopard", 288), ("chimpanzee", 367),

@@ -101,9 +101,9 @@ def test_failure_stops_and_keeps_the_executed_notebook(builtin_dir, tmp_path):
 def test_real_photos_have_both_splits_and_the_imagenet_caveat(shared, tmp_path):
     # What notebook 06 shows on real AwA2-layout data, without training: both splits exist,
     # and the standard split's unseen classes are flagged as ImageNet-1K classes.
-    from devise_utils import analysis
-    from devise_utils.config import make_config
-    from devise_utils.run import Run
+    from devise_utils.core.config import make_config
+    from devise_utils.study import analysis
+    from devise_utils.study.run import Run
 
     cfg = make_config({"dataset": str(shared / "data/awa2-real-mini"),
                        "vectors": str(shared / "vectors/fasttext-wiki-news-subwords-300"

@@ -10,8 +10,8 @@ import pandas as pd
 from PIL import Image
 
 from devise_utils import cli
-from devise_utils.config import Config
-from devise_utils.prepare import cache_dir_for, prepare_cache, prepared_table
+from devise_utils.core.config import Config
+from devise_utils.data.prepare import cache_dir_for, prepare_cache, prepared_table
 
 SIZE = 64
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from devise_utils.config import make_config
-from devise_utils.run import Run
+from devise_utils.core.config import make_config
+from devise_utils.study.run import Run
 
 
 @pytest.mark.slow

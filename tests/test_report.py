@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from devise_utils import report
+from devise_utils.report import report
 
 CHROMIUM = report.find_chromium()
 ENV = {"python": "3.11.9", "torch": "2.14.1", "device": "cpu (x86_64)", "platform": "Linux"}
@@ -141,7 +141,7 @@ def built(tmp_path) -> Path:
 
 
 def test_report_module_imports_nothing_heavy():
-    code = ("import sys, devise_utils.report, devise_utils.poster; "
+    code = ("import sys, devise_utils.report.report, devise_utils.report.poster; "
             "heavy = {'torch', 'fastai', 'nbconvert', 'nmslib', 'matplotlib', 'pandas'}; "
             "print(sorted(heavy & set(sys.modules)))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

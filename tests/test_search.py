@@ -8,9 +8,7 @@ import numpy as np
 import pytest
 from fakes import DIM, make_checkpoint, make_images, write_vec
 
-from devise_utils.cli import main
-from devise_utils.embeddings import MissingVectorsError, WordVectors, normalize
-from devise_utils.search import (
+from devise_utils.apps.search import (
     EmbeddingIndex,
     IndexMismatchError,
     content_words,
@@ -19,6 +17,8 @@ from devise_utils.search import (
     text_vector,
     vocabulary,
 )
+from devise_utils.cli import main
+from devise_utils.data.vectors import MissingVectorsError, WordVectors, normalize
 
 WORDS = ["zebra", "horse", "tiger", "striped", "animal", "stripes", "grass", "water",
          "the", "Paris", "1999", "spotted", "cat"]
@@ -103,7 +103,7 @@ def test_metadata_mismatch_names_both_files(tmp_path):
     a, b = tmp_path / "a.pth", tmp_path / "b.pth"
     a.write_bytes(b"model a")
     b.write_bytes(b"model b")
-    from devise_utils.embeddings import file_sha256
+    from devise_utils.data.vectors import file_sha256
 
     idx = EmbeddingIndex(np.eye(4), list("abcd"), {"model": str(a),
                                                    "model_sha256": file_sha256(a)},
@@ -176,9 +176,9 @@ def hits(out: str) -> list[tuple[float, str]]:
 
 
 def test_cli_index_and_search(world, capsys):
-    from devise_utils.embeddings import load_vectors
-    from devise_utils.predict import embed_paths
-    from devise_utils.search import load_model
+    from devise_utils.apps.search import load_model
+    from devise_utils.data.vectors import load_vectors
+    from devise_utils.model.predict import embed_paths
 
     d, idx = world["dir"], world["dir"] / "index"
     rc, out, _ = run_cli(capsys, "index", d / "photos", "--model", world["ckpt"], "--out", idx)
@@ -230,7 +230,7 @@ def test_cli_search_errors(world, capsys, tmp_path):
 
 
 def test_cli_tag_and_label(world, capsys, tmp_path, monkeypatch):
-    from devise_utils import vocab
+    from devise_utils.apps import vocab
 
     monkeypatch.setattr(vocab, "VOCAB_DIR", tmp_path / "vocab")  # not the repo's runs/
     img = world["images"][0]
@@ -253,7 +253,7 @@ def test_cli_tag_and_label(world, capsys, tmp_path, monkeypatch):
 
 
 def test_gallery_figure(world):
-    from devise_utils.gallery import show_knn, show_tags
+    from devise_utils.apps.gallery import show_knn, show_tags
 
     paths = [str(p) for p in world["images"][:4]]
     fig = show_knn("a striped animal", paths, [0.9, 0.8, 0.7, 0.6], ncols=3)

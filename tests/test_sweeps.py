@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-from devise_utils import sweeps
-from devise_utils.config import PRETRAINED_RECIPE, make_config
+from devise_utils.core.config import PRETRAINED_RECIPE, make_config
+from devise_utils.study import sweeps
 
 WEIGHTS = "some-backbone.pth"  # never read: these tests train nothing
 

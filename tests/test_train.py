@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from devise_utils import train
-from devise_utils.config import make_config
-from devise_utils.errors import NotTrainedError
-from devise_utils.models import build_model, load_model
-from devise_utils.run import Run
+from devise_utils.core.config import make_config
+from devise_utils.core.errors import NotTrainedError
+from devise_utils.model import train
+from devise_utils.model.backbones import build_model, load_model
+from devise_utils.study.run import Run
 
 
 def _cfg(builtin_dir, runs, **kw):

@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .config import PROPOSED_UNSEEN_AWA2, Config
-from .errors import DataError
+from devise_utils.core.config import PROPOSED_UNSEEN_AWA2, Config
+from devise_utils.core.errors import DataError
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
@@ -179,7 +179,7 @@ def split_table(ds: AwA2, split: str = "standard", valid_pct: float = 0.1, seed:
 def dataset_root(cfg: Config) -> Path:
     """The AwA2-layout folder a config names, generating the built-in dataset on first use."""
     if cfg.dataset == "builtin":
-        from .builtin import ensure_builtin
+        from devise_utils.data.builtin import ensure_builtin
 
         return ensure_builtin(Path(cfg.data_dir) / "builtin", seed=0)
     if cfg.dataset == "awa2":

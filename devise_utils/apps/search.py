@@ -23,9 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from .config import ROOT
-from .embeddings import WordVectors, file_sha256, load_vectors, normalize
-from .files import atomic_write, read_json, write_json
+from devise_utils.core.config import ROOT
+from devise_utils.core.files import atomic_write, read_json, write_json
+from devise_utils.data.vectors import WordVectors, file_sha256, load_vectors, normalize
 
 #: HNSW build parameters. Random 300-d vectors (no structure: HNSW's worst case)
 #: need M=32 to keep recall@10 >= 0.99 at a few thousand items; real embeddings
@@ -292,7 +292,7 @@ def content_words(text: str) -> list[str]:
 def text_vector(text: str, wv: WordVectors) -> np.ndarray:
     """The query's point in word space: the unit mean of its content words' vectors.
 
-    A word with no vector raises :class:`~devise_utils.embeddings.MissingVectorsError`
+    A word with no vector raises :class:`~devise_utils.data.vectors.MissingVectorsError`
     naming every such word (vectors from a fastText ``.bin`` have one for any word).
     """
     return normalize(wv.lookup(content_words(text)).mean(axis=0))
@@ -330,7 +330,7 @@ def word_index(wv: WordVectors, *, method: str = "exact", clean: bool = True,
     """An in-memory index over a small vocabulary (words already loaded) for tagging.
 
     For a whole vector file (fastText's 1M words, GloVe's 400k) use
-    :func:`devise_utils.vocab.open_index`: built once per file, saved, reused.
+    :func:`devise_utils.apps.vocab.open_index`: built once per file, saved, reused.
     """
     words, vecs = vocabulary(wv, clean)
     meta = {"kind": "words", "vectors": wv.source, "vectors_sha256": wv.source_sha256}
@@ -356,7 +356,7 @@ def rank_labels(embeddings: np.ndarray, classes: Sequence[str], wv: WordVectors,
 
 def image_files(folder: str | Path) -> list[str]:
     """Every image under ``folder`` (recursive, sorted) or ``folder`` itself if a file."""
-    from .data import IMAGE_EXTS
+    from devise_utils.data.awa2 import IMAGE_EXTS
 
     folder = Path(folder)
     if folder.is_file():
@@ -371,7 +371,7 @@ def image_files(folder: str | Path) -> list[str]:
 
 def load_model(ckpt: str | Path):
     """(Stage II model, checkpoint meta) from a checkpoint file."""
-    from .models import load_embedder
+    from devise_utils.model.backbones import load_embedder
 
     return load_embedder(_existing(ckpt, "checkpoint"))
 
@@ -380,7 +380,7 @@ def embed_images(model, paths: Sequence[str], batch_size: int = 64
                  ) -> tuple[np.ndarray, list[str]]:
     """Unit embeddings of the readable images at the model's input size; raise if none
     could be read."""
-    from .predict import embed_paths
+    from devise_utils.model.predict import embed_paths
 
     emb, kept = embed_paths(model, list(paths), batch_size=batch_size)
     if not kept:
@@ -464,7 +464,7 @@ def _cmd_search(args) -> int:
 
 
 def _cmd_tag(args) -> int:
-    from . import vocab
+    from devise_utils.apps import vocab
 
     paths = [p for img in args.images for p in image_files(img)]
     model, meta = load_model(args.model)

@@ -27,7 +27,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from .config import Config
+from devise_utils.core.config import Config
 
 
 class DownloadError(RuntimeError):

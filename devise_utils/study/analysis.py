@@ -1,6 +1,6 @@
 """Analyses of one trained run: what it saw, how its vectors converged, how well it searches.
 
-Each takes a :class:`~devise_utils.run.Run` whose stages are trained and reads only what
+Each takes a :class:`~devise_utils.study.run.Run` whose stages are trained and reads only what
 the run already produced (data, snapshots, embeddings).
 """
 
@@ -11,9 +11,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .config import IMAGENET_OVERLAP_AWA2, PROPOSED_UNSEEN_AWA2, Config
-from .data import DataError, dataset_root, read_awa2, seen_unseen
-from .run import Run
+from devise_utils.core.config import IMAGENET_OVERLAP_AWA2, PROPOSED_UNSEEN_AWA2, Config
+from devise_utils.data.awa2 import DataError, dataset_root, read_awa2, seen_unseen
+from devise_utils.study.run import Run
 
 
 def data_summary(run: Run) -> dict[str, Any]:
@@ -98,7 +98,7 @@ def attribute_table(attributes: dict[str, dict[str, str]], unseen: list[str]) ->
 def int8_zero_shot(run: Run) -> dict[str, Any]:
     """What int8 costs in zero-shot top-1: the run's Stage II model in PyTorch fp32 vs int8
     ONNX vs int8 ExecuTorch, on the run's unseen images (calibrated on seen training images)."""
-    from .export import quantized_zero_shot
+    from devise_utils.apps.export import quantized_zero_shot
 
     exp, model = run.data, run.stage2.model()
     unseen = run.embeddings[run.embeddings["split"] == "unseen"]

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .errors import DataError
+from devise_utils.core.errors import DataError
 
 #: Bump when the generator's output changes, so old folders are regenerated.
 GENERATOR_VERSION = 4
@@ -314,7 +314,7 @@ def ensure_builtin(root: str | Path, seed: int = 0) -> Path:
         generate(tmp, seed)
         d = design(seed)
         _write(tmp / MARKER, json.dumps({
-            "generator": "devise_utils.builtin", "version": GENERATOR_VERSION, "seed": seed,
+            "generator": "devise_utils.data.builtin", "version": GENERATOR_VERSION, "seed": seed,
             "attributes": {c: d.attributes[c] for c in d.classes}}, indent=1))
         if _is_current(root, seed):  # a concurrent twin finished first
             return root

@@ -64,7 +64,7 @@ def as_batch(sample_images: Sequence[str | Path] | np.ndarray, image_size: int) 
         x = np.asarray(sample_images.detach().cpu() if hasattr(sample_images, "detach")
                        else sample_images, dtype=np.float32)
     else:
-        from .predict import load_image
+        from devise_utils.model.predict import load_image
 
         paths = list(sample_images)
         if not paths:
@@ -389,7 +389,7 @@ def export_executorch(model, path: str | Path, image_size: int | None = None,
             model = convert_pt2e(prepared)
         program = to_edge_transform_and_lower(torch.export.export(model, example),
                                               partitioner=[XnnpackPartitioner()]).to_executorch()
-    from .files import atomic_write
+    from devise_utils.core.files import atomic_write
 
     atomic_write(path, lambda p: Path(p).write_bytes(program.buffer))
     return path
@@ -521,7 +521,7 @@ def embed(path: str | Path, images: np.ndarray | Sequence[str | Path]) -> np.nda
 
 def cosine_parity(reference: np.ndarray, other: np.ndarray) -> dict[str, float]:
     """Min and mean row-wise cosine between two embedding sets."""
-    from .embeddings import normalize
+    from devise_utils.data.vectors import normalize
 
     cos = (normalize(reference) * normalize(other)).sum(axis=1)
     return {"min_cosine": float(cos.min()), "mean_cosine": float(cos.mean())}
@@ -651,7 +651,7 @@ def mobile_table(models: dict[str, Any], image_size: int,
 
     import pandas as pd
 
-    from .models import count_params
+    from devise_utils.model.backbones import count_params
 
     formats = _formats(formats)
     rows = []
@@ -690,7 +690,7 @@ def quantized_zero_shot(model, unseen_paths: Sequence[str | Path], unseen_labels
     """
     import tempfile
 
-    from .metrics import zero_shot
+    from devise_utils.study.metrics import zero_shot
 
     if executorch is None:
         executorch = executorch_error() is None
@@ -723,11 +723,11 @@ def quantized_zero_shot(model, unseen_paths: Sequence[str | Path], unseen_labels
 
 def _sample_paths(ckpt_meta: dict[str, Any], images: str | None, n: int) -> list[str]:
     """``n`` images spread over the folder (every k-th sorted path covers every class)."""
-    from .search import image_files
+    from devise_utils.apps.search import image_files
 
     if images is None:
-        from .config import config_from_meta
-        from .data import dataset_root
+        from devise_utils.core.config import config_from_meta
+        from devise_utils.data.awa2 import dataset_root
 
         try:
             root = dataset_root(config_from_meta(ckpt_meta["config"])) / "JPEGImages"
@@ -746,10 +746,10 @@ def export_checkpoint(ckpt: str | Path, out_dir: str | Path, *, int8: bool = Fal
                       formats: Sequence[str] = ("onnx",)) -> dict[str, Any]:
     """Export a Stage II checkpoint in ``formats``; writes ``export.json`` (files, parity,
     input spec). Refuses (RuntimeError) an fp32 export that disagrees with PyTorch."""
-    from .embeddings import file_sha256
-    from .files import write_json
-    from .predict import IMAGENET_MEAN, IMAGENET_STD
-    from .search import load_model
+    from devise_utils.apps.search import load_model
+    from devise_utils.core.files import write_json
+    from devise_utils.data.vectors import file_sha256
+    from devise_utils.model.predict import IMAGENET_MEAN, IMAGENET_STD
 
     formats = _formats(formats)  # fails fast (e.g. ExecuTorch missing) before any work
     model, meta = load_model(ckpt)

@@ -53,7 +53,7 @@ class RankLoss(nn.Module):
     ``loss_i = sum_{j != y_i} max(0, margin - s(v_i, t_{y_i}) + s(v_i, t_j))`` with
     ``s`` the cosine (``normalize=True``, default) or the dot product with the unit class
     vectors (``normalize=False``, Frome et al.'s form). The class vectors are unit-normalised
-    either way (as :mod:`devise_utils.embeddings` serves them). Batch reduction: mean, or
+    either way (as :mod:`devise_utils.data.vectors` serves them). Batch reduction: mean, or
     the ``weight``-weighted mean over the images' classes (as :class:`CosineLoss`).
     """
 

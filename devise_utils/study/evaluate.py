@@ -14,11 +14,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from devise_utils.data.experiment import Experiment
+from devise_utils.model.backbones import count_params
+from devise_utils.model.predict import embed_paths
+from devise_utils.model.train import StageResult
+
 from . import metrics as M
-from .experiment import Experiment
-from .models import count_params
-from .predict import embed_paths
-from .train import StageResult
 
 
 def embed_table(table: pd.DataFrame, model, batch_size: int, device: str = "cpu",
@@ -51,7 +52,7 @@ def conse_vectors(exp: Experiment, logits: pd.DataFrame, top: int) -> pd.DataFra
     """ConSE image vectors from Stage I's softmax over the seen classes (no Stage II)."""
     from scipy.special import softmax
 
-    from .baselines import conse_embed
+    from devise_utils.study.baselines import conse_embed
 
     vecs = conse_embed(softmax(stack(logits), axis=1), exp.class_vectors(exp.seen), top)
     return logits.assign(emb=list(vecs))
@@ -60,7 +61,7 @@ def conse_vectors(exp: Experiment, logits: pd.DataFrame, top: int) -> pd.DataFra
 def linear_map_vectors(exp: Experiment, features: pd.DataFrame) -> pd.DataFrame:
     """Ridge map from features to class vectors, fitted on the train images of the seen
     classes (lambda by leave-classes-out among them); applied to the valid/unseen images."""
-    from .baselines import fit_linear_map
+    from devise_utils.study.baselines import fit_linear_map
 
     train = features[features["split"] == "train"]
     idx = {c: i for i, c in enumerate(exp.seen)}
@@ -135,7 +136,7 @@ def model_size(s: StageResult) -> dict[str, float]:
 
 def methods_table(r: dict[str, Any]) -> pd.DataFrame:
     """DeViSE and the baselines side by side (zero-shot and GZSL) from :meth:`Run.metrics`."""
-    from .report import BASELINES, DEVISE_NAME
+    from devise_utils.report.report import BASELINES, DEVISE_NAME
 
     rows = []
     names = {"devise": DEVISE_NAME, **BASELINES}

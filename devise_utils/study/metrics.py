@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 from sklearn.metrics import confusion_matrix as _sk_confusion
 
-from .embeddings import normalize
+from devise_utils.data.vectors import normalize
 
 
 def cosine_scores(emb: np.ndarray, class_vecs: np.ndarray) -> np.ndarray:

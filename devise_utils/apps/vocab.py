@@ -4,7 +4,7 @@
 (fastText's 1M words, GloVe's 400k) two things are slow if done per call:
 parsing the text ``.vec`` file (minutes) and brute-force search (40-120 ms a
 query at 1M x 300). :func:`open_index` therefore builds a :class:`VocabIndex`
-once: the tag-clean vocabulary (:func:`devise_utils.search.vocabulary`), unit
+once: the tag-clean vocabulary (:func:`devise_utils.apps.search.vocabulary`), unit
 vectors and a faiss HNSW graph (inner product = cosine), saved atomically under
 ``runs/vocab/<sha256 of the vector file>-...``. Later calls find it there and
 only load it (memory-mapped: 0.14 s of CPU for GloVe's 336k clean words). faiss,
@@ -14,7 +14,7 @@ compiling nmslib takes minutes of CPU per install (bench/bench_vocab.py, README)
 
 The vector file's sha256 keys the folder and is recorded in ``vocab.json``; an
 index opened with another file raises
-:class:`~devise_utils.search.IndexMismatchError` naming both files. Hashing a
+:class:`~devise_utils.apps.search.IndexMismatchError` naming both files. Hashing a
 2 GB ``.vec`` takes seconds, so the digest is cached per (path, size, mtime)
 in ``runs/vocab/sha256-cache.json``; a changed file is hashed again.
 """
@@ -29,10 +29,10 @@ from typing import Any
 
 import numpy as np
 
-from .config import ROOT
-from .embeddings import file_sha256, load_vectors, normalize
-from .files import atomic_write, read_json, write_json
-from .search import IndexMismatchError
+from devise_utils.apps.search import IndexMismatchError
+from devise_utils.core.config import ROOT
+from devise_utils.core.files import atomic_write, read_json, write_json
+from devise_utils.data.vectors import file_sha256, load_vectors, normalize
 
 #: Where indexes go unless a folder is given: one sub-folder per vector file and options.
 VOCAB_DIR = ROOT / "runs" / "vocab"
@@ -94,10 +94,10 @@ class VocabIndex:
               ef_construction: int = EF_CONSTRUCTION) -> VocabIndex:
         """Read every word of a ``.vec``/``.txt``/``.bin`` file and build the HNSW graph.
 
-        ``clean`` keeps only usable tags (see :func:`devise_utils.search.vocabulary`);
+        ``clean`` keeps only usable tags (see :func:`devise_utils.apps.search.vocabulary`);
         ``top_n`` keeps the file's N most frequent words (default: all of them).
         """
-        from .search import vocabulary
+        from devise_utils.apps.search import vocabulary
 
         faiss = _faiss()
         path = _existing(vectors)

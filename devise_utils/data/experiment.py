@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .config import Config
-from .data import AwA2, dataset_root, default_vectors, read_awa2, seen_unseen
-from .embeddings import WordVectors, load_vectors
+from devise_utils.core.config import Config
+from devise_utils.data.awa2 import AwA2, dataset_root, default_vectors, read_awa2, seen_unseen
+from devise_utils.data.vectors import WordVectors, load_vectors
 
 #: Config fields that decide what data a run sees (its images, split and class vectors).
 DATA_FIELDS = ("dataset", "data_dir", "vectors", "split", "valid_pct", "seed", "max_per_class",
@@ -70,7 +70,7 @@ def experiment(cfg: Config) -> Experiment:
 
 @lru_cache(maxsize=4)
 def _load(key: str) -> tuple:
-    from .prepare import prepared_table
+    from devise_utils.data.prepare import prepared_table
 
     cfg = Config(**json.loads(key))
     ds = read_awa2(dataset_root(cfg))
@@ -90,7 +90,7 @@ def _holdout(seen: list[str], table: pd.DataFrame, seed: int
              ) -> tuple[list[str], list[str], pd.DataFrame]:
     """A calibration round's data: the real unseen classes dropped, a seeded 20 % of the seen
     classes relabelled unseen (all their images), the rest kept with their train/valid split."""
-    from .metrics import pseudo_unseen_split
+    from devise_utils.study.metrics import pseudo_unseen_split
 
     kept, pseudo = pseudo_unseen_split(seen, HOLDOUT_FRACTION, seed)
     t = table[table["cls"].isin(seen)].copy()

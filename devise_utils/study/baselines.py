@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .embeddings import normalize
+from devise_utils.data.vectors import normalize
 
 DEFAULT_LAMBDAS = tuple(float(x) for x in np.logspace(-1, 5, 13))
 

@@ -20,9 +20,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .config import Config, make_config
-from .experiment import Experiment, experiment
-from .files import read_json, write_json
+from devise_utils.core.config import Config, make_config
+from devise_utils.core.files import read_json, write_json
+from devise_utils.data.experiment import Experiment, experiment
 
 
 class Run:
@@ -53,7 +53,7 @@ class Run:
     def train_stage1(self, quiet: bool = True):
         """Stage I: reads the data; writes ``<runs>/<backbone>-s1-<key>/stage1.pth``.
         Loads a finished Stage I of this config instead of training it again."""
-        from .train import finished_stage, train_stage1
+        from devise_utils.model.train import finished_stage, train_stage1
 
         if 1 not in self._stages:
             hit = finished_stage(self.data, 1)
@@ -66,7 +66,7 @@ class Run:
     def train_stage2(self, quiet: bool = True):
         """Stage II: reads the data and Stage I; writes ``.../stage2.pth`` and
         ``snapshots.npz``. Loads a finished Stage II of this config instead."""
-        from .train import finished_stage, train_stage2
+        from devise_utils.model.train import finished_stage, train_stage2
 
         if 2 not in self._stages:
             hit = finished_stage(self.data, 2)
@@ -93,7 +93,7 @@ class Run:
         return self._stage(2)
 
     def _stage(self, n: int):
-        from .train import require_stage
+        from devise_utils.model.train import require_stage
 
         if n not in self._stages:
             self._stages[n] = require_stage(self.data, n)
@@ -101,7 +101,7 @@ class Run:
 
     def lr_find(self, stage: int = 1) -> dict[str, Any]:
         """fastai's LR range test (Stage II's needs the trained Stage I); cached as JSON."""
-        from .train import lr_find
+        from devise_utils.model.train import lr_find
 
         return lr_find(self.data, stage, self.stage1 if stage == 2 else None)
 
@@ -111,7 +111,7 @@ class Run:
     def embeddings(self) -> pd.DataFrame:
         """Stage II embedding of every image (path, cls, split, emb). Reads stage2.pth;
         writes ``embeddings.npz`` in the run folder (reused while stage2.pth is unchanged)."""
-        from .evaluate import image_embeddings
+        from devise_utils.study.evaluate import image_embeddings
 
         s2 = self.stage2
         return self._cached_frame(self.cfg.run_dir / "embeddings.npz", s2.path,
@@ -121,7 +121,7 @@ class Run:
     def stage1_logits(self) -> pd.DataFrame:
         """Stage I outputs (seen-class logits) of the valid and unseen images. Reads
         stage1.pth; writes ``logits.npz`` in the Stage I folder."""
-        from .evaluate import embed_table
+        from devise_utils.study.evaluate import embed_table
 
         s1, t = self.stage1, self.data.table
 
@@ -136,8 +136,8 @@ class Run:
         """Pooled backbone features of every image for the linear-map baseline: the frozen
         pretrained body when there are weights, else Stage I's body (the only trained one).
         Reads the weights (or stage1.pth); writes ``features.npz`` in the Stage I folder."""
-        from .evaluate import backbone_features
-        from .models import build_model
+        from devise_utils.model.backbones import build_model
+        from devise_utils.study.evaluate import backbone_features
 
         s1, cfg = self.stage1, self.cfg
 
@@ -154,8 +154,8 @@ class Run:
             return pd.DataFrame({"path": z["paths"], "cls": z["cls"], "split": z["split"],
                                  "emb": list(z["emb"])})
         df = compute()
-        from .evaluate import stack
-        from .files import atomic_write
+        from devise_utils.core.files import atomic_write
+        from devise_utils.study.evaluate import stack
 
         atomic_write(path, lambda p: np.savez_compressed(
             p.open("wb"), emb=stack(df), paths=df["path"].to_numpy(str),
@@ -203,7 +203,7 @@ class Run:
         """ConSE (from Stage I, no Stage II) and the linear map (ridge on frozen features,
         lambda by leave-classes-out on seen classes) as word-space vectors of the valid and
         unseen images: the same images DeViSE is scored on."""
-        from .evaluate import conse_vectors, linear_map_vectors
+        from devise_utils.study.evaluate import conse_vectors, linear_map_vectors
 
         return {"conse": conse_vectors(self.data, self.stage1_logits, self.cfg.conse_top),
                 "linear": linear_map_vectors(self.data, self.features)}
@@ -233,8 +233,9 @@ class Run:
 def _round_scores(exp: Experiment, emb: pd.DataFrame) -> dict[str, np.ndarray]:
     """Scores of a calibration round: its held-out images (valid of the kept classes and
     every image of the pseudo-unseen ones) against all of its class vectors."""
+    from devise_utils.study.evaluate import stack
+
     from . import metrics as M
-    from .evaluate import stack
 
     test = emb[emb["split"].isin(["valid", "unseen"])]
     cols = np.arange(len(exp.classes)) >= len(exp.seen)

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 #: Repository root (the folder that holds ``devise_utils/``).
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 #: Xian et al. (2018) proposed split for AwA2: the 10 unseen classes, none of
 #: which is an ImageNet-1K class (unlike 6 of the 10 standard-split unseen ones).

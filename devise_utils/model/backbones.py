@@ -14,8 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .config import BACKBONES
-from .files import atomic_write, read_json, write_json
+from devise_utils.core.config import BACKBONES
+from devise_utils.core.files import atomic_write, read_json, write_json
 
 
 class WeightsUnavailableError(RuntimeError):

@@ -1,6 +1,6 @@
 """The study beyond one run: ablations, sweeps and the backbone comparison.
 
-Every row is a full :class:`~devise_utils.run.Run`, trained explicitly here (or loaded
+Every row is a full :class:`~devise_utils.study.run.Run`, trained explicitly here (or loaded
 from the cache when an earlier notebook already trained it), then scored by the same
 :meth:`Run.metrics` as the main run.
 """
@@ -12,9 +12,9 @@ from typing import Any
 
 import pandas as pd
 
-from .analysis import has_proposed_split
-from .config import Config
-from .run import Run
+from devise_utils.core.config import Config
+from devise_utils.study.analysis import has_proposed_split
+from devise_utils.study.run import Run
 
 
 def summary(r: dict[str, Any]) -> dict[str, Any]:
@@ -69,7 +69,7 @@ def balance_sweep(cfg: Config, **metrics_kw: Any) -> pd.DataFrame:
     """Class balancing (inverse-frequency loss weights) against the plain run, on the sweep
     budget. Where that budget's training classes are already balanced (every weight within
     5 % of 1), a weighted run would only repeat the plain one, so it is not trained."""
-    from .train import class_weights
+    from devise_utils.model.train import class_weights
 
     w = class_weights(Run(sweep_config(cfg, balance="none")).data)
     values = ["none"] if float(w.max() - w.min()) < 0.05 else ["none", "weights"]
@@ -151,8 +151,8 @@ def mobile_table(cfg: Config, image_sizes: tuple[int, ...] = (224,), runs: int =
     per backbone and format, for notebook 04's Stage II models, at each image size. ONNX
     for every backbone and size; ExecuTorch (slow to lower: ~20 s per int8 model) for the
     study's own backbone at ``phone_size``, the poster's and a phone camera app's input."""
-    from .export import as_batch
-    from .export import mobile_table as export_table
+    from devise_utils.apps.export import as_batch
+    from devise_utils.apps.export import mobile_table as export_table
 
     runs_ = {b: Run(comparison_config(cfg, b)).train() for b in cfg.compare_backbones}
     samples = next(iter(runs_.values())).data.sample_paths(32)

@@ -20,12 +20,19 @@ import torch
 import torch.nn.functional as F
 from fastai.callback.core import Callback
 
-from .errors import NotTrainedError
-from .experiment import Experiment
-from .files import read_json, write_json
-from .losses import CosineLoss, RankLoss
-from .models import DeViSEModel, build_model, load_matching, load_model, save_checkpoint, splitter
-from .predict import IMAGENET_MEAN, IMAGENET_STD, image_transform
+from devise_utils.core.errors import NotTrainedError
+from devise_utils.core.files import read_json, write_json
+from devise_utils.data.experiment import Experiment
+from devise_utils.model.backbones import (
+    DeViSEModel,
+    build_model,
+    load_matching,
+    load_model,
+    save_checkpoint,
+    splitter,
+)
+from devise_utils.model.losses import CosineLoss, RankLoss
+from devise_utils.model.predict import IMAGENET_MEAN, IMAGENET_STD, image_transform
 
 
 def seed_everything(seed: int) -> None:

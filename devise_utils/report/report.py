@@ -10,9 +10,9 @@ environment, and a link to every notebook's HTML.
 Light on purpose: nothing heavy is imported at module level (nbconvert and torch only
 inside the functions that need them), so writing results.md does not load torch.
 
-``python -m devise_utils.report check reports/builtin`` renders index.html in headless
+``python -m devise_utils.report.report check reports/builtin`` renders index.html in headless
 Chromium and fails unless every figure loads (``make check-report``);
-``python -m devise_utils.report build reports/builtin`` re-writes a report's HTML,
+``python -m devise_utils.report.report build reports/builtin`` re-writes a report's HTML,
 results.md and index.html from what its notebooks recorded, without re-running them.
 """
 
@@ -34,8 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .files import atomic_write, read_json, write_json
-from .poster import POSTER
+from devise_utils.core.files import atomic_write, read_json, write_json
+from devise_utils.report.poster import POSTER
 
 #: Columns holding fractions that read best as percentages.
 PCT = {"poster", "this run", "chance", "stage1_accuracy", "top1", "top3", "top5", "top10",
@@ -737,7 +737,7 @@ def rebuild(report_dir: str | Path, notebook_names: Sequence[str] | None = None
     report_dir = Path(report_dir)
     status = read_json(report_dir / "status.json")
     if notebook_names is None:
-        from .pipeline import notebooks
+        from devise_utils.pipeline import notebooks
 
         notebook_names = sorted({nb.name for nb in notebooks()} | set(status.get("notebooks", {})))
     for name in notebook_names:
@@ -749,7 +749,7 @@ def rebuild(report_dir: str | Path, notebook_names: Sequence[str] | None = None
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m devise_utils.report",
+    p = argparse.ArgumentParser(prog="python -m devise_utils.report.report",
                                 description="Check or rebuild a study report.")
     sub = p.add_subparsers(dest="cmd", required=True)
     c = sub.add_parser("check", help="render index.html in headless Chromium; fail unless "
