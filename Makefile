@@ -23,7 +23,7 @@ test: $(STAMP)
 ## rendered). Needs Chromium: apt-get install -y chromium
 REPORT_DIR ?= reports/builtin
 check-report: $(STAMP)
-	$(PY) -m devise_utils.report.report check $(REPORT_DIR) $(if $(SCREENSHOT),--screenshot $(SCREENSHOT)) $(ARGS)
+	$(PY) -m devise_utils.report check $(REPORT_DIR) $(if $(SCREENSHOT),--screenshot $(SCREENSHOT)) $(ARGS)
 
 ## venv: create or refresh the project virtualenv from requirements.lock (no-op when current)
 venv: $(STAMP)

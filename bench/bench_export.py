@@ -63,7 +63,9 @@ def samples(images: str | None, n: int, size: int):
 
 
 def main() -> None:
-    from devise_utils.apps.export import FORMATS, executorch_error, mobile_table
+    from devise_utils.apps.executorch_export import executorch_error
+    from devise_utils.apps.export import FORMATS
+    from devise_utils.apps.mobile_bench import mobile_table
     from devise_utils.model.backbones import BACKBONES, build_model
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from devise_utils.apps.search import EF_SEARCH, HNSW_PARAMS, EmbeddingIndex, recall_at_k  # noqa: E402
+from devise_utils.apps.index import EF_SEARCH, HNSW_PARAMS, EmbeddingIndex, recall_at_k  # noqa: E402
 
 
 def make_data(kind: str, n: int, dim: int, n_queries: int, seed: int = 0):

@@ -95,7 +95,7 @@ def make_set(name: str, n: int, dim: int, n_queries: int, folder: Path, seed: in
 
 
 def exact_topk(base: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
-    from devise_utils.apps.search import _exact_knn
+    from devise_utils.apps.index import _exact_knn
 
     return _exact_knn(base, queries, k)[0]
 
@@ -145,7 +145,7 @@ class Runner:
             self.index.init_index(len(x), ef_construction=p["efConstruction"], M=p["M"])
             self.index.add_items(x, num_threads=self.threads)
         else:  # nmslib, exactly as the project uses it
-            from devise_utils.apps.search import EmbeddingIndex
+            from devise_utils.apps.index import EmbeddingIndex
 
             self.index = EmbeddingIndex(x, [""] * len(x), method="hnsw", params=p)
 
@@ -170,7 +170,7 @@ class Runner:
 
 
 def worker(args) -> None:
-    from devise_utils.apps.search import recall_at_k
+    from devise_utils.apps.index import recall_at_k
 
     d = Path(args.data)
     base = np.load(d / "base.npy")
@@ -220,7 +220,7 @@ def _version(lib: str) -> str:
             from importlib.metadata import version
 
             return version("hnswlib")
-        from devise_utils.apps.search import import_nmslib
+        from devise_utils.apps.index import import_nmslib
 
         nmslib = import_nmslib()
         return f"{getattr(nmslib, '__version__', '?')} ({Path(nmslib.__file__).parent})"
@@ -337,7 +337,7 @@ def main() -> None:
                     runs[0]["k"]))
         return
 
-    from devise_utils.apps.search import HNSW_PARAMS
+    from devise_utils.apps.index import HNSW_PARAMS
 
     nms = json.loads(args.nmslib_params) if args.nmslib_params else dict(HNSW_PARAMS)
     nms.setdefault("post", 0)
@@ -383,7 +383,7 @@ def main() -> None:
 
 
 def save(args, results: list[dict]) -> None:
-    from devise_utils.apps.search import EF_SEARCH
+    from devise_utils.apps.index import EF_SEARCH
 
     machine = {"cpus": os.cpu_count(), "platform": platform.platform(),
                "processor": _cpu_name(), "python": platform.python_version(),

@@ -1,18 +1,131 @@
 """``python -m devise_utils``: one entry point, one subcommand per job.
 
-Each module that offers a command has a ``register(subparsers)`` function that
-adds its subparser(s) and sets ``func``; heavy imports happen inside the
-command, so ``--help`` stays fast.
+Every parser is built here from light modules only (no torch, no fastai), so ``--help``
+is instant; a subcommand's handler is named as ``"module:function"`` and imported only
+when that command runs, so the command modules themselves import at the top.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
-#: Modules that contribute subcommands, in the order they appear in --help.
-COMMAND_MODULES = ("data.download", "data.prepare", "pipeline", "apps.search", "apps.export")
+from devise_utils.apps.index import DEFAULT_INDEX_DIR, EF_SEARCH, METHODS
+from devise_utils.core.config import Config
+from devise_utils.data.download import NAMES
+
+#: Export formats (checked again by the exporter, which names the choices on a typo).
+EXPORT_FORMATS = ("onnx", "executorch", "torchscript")
+
+
+def _download(sub) -> None:
+    p = sub.add_parser(
+        "download", help="download AwA2 or the fastText vectors (resumable, verified)",
+        description="Download and unpack AwA2 or fastText wiki-news-300d-1M. Interrupted "
+                    "downloads resume when re-run; files are verified before use.")
+    p.add_argument("name", choices=NAMES, help="what to download")
+    p.add_argument("--bin", action="store_true",
+                   help="fastText: the subword .bin model (vectors for any word) instead of .vec")
+    p.add_argument("--data-dir", default=None, help="where to put it (default: Config().data_dir)")
+    p.add_argument("--url", default=None, help="download from this URL instead (a mirror)")
+    p.add_argument("--sha256", default=None, help="expected sha256 of the archive")
+    p.add_argument("--keep-zip", action="store_true", help="keep the archive after unpacking")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or status lines")
+    p.set_defaults(func="devise_utils.data.download:command")
+
+
+def _prepare(sub) -> None:
+    p = sub.add_parser(
+        "prepare", help="generate the built-in dataset / build the resized image cache",
+        description="Read and validate a dataset in AwA2 layout (generating the built-in one "
+                    "on first use) and cache its images as RGB JPEGs with a short side of "
+                    "--size, so training never decodes large photos.")
+    p.add_argument("--dataset", default="builtin", help="builtin | awa2 | PATH (AwA2 layout)")
+    p.add_argument("--data-dir", default=Config.data_dir, help="where datasets and the cache live")
+    p.add_argument("--size", type=int, default=Config.cache_size, help="short side of the cache")
+    p.add_argument("--split", default="standard", choices=["standard", "proposed"])
+    p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 2))
+    p.set_defaults(func="devise_utils.data.prepare:command")
+
+
+def _run(sub) -> None:
+    p = sub.add_parser("run", help="run the whole study (all notebooks) into reports/",
+                       add_help=False)
+    p.add_argument("args", nargs=argparse.REMAINDER)
+    p.set_defaults(func="devise_utils.pipeline:command")
+
+
+def _index_and_search(sub) -> None:
+    p = sub.add_parser("index", help="embed a folder of photos and build a search index")
+    p.add_argument("photos", help="folder of images (searched recursively)")
+    p.add_argument("--model", required=True, help="Stage II checkpoint (stage2.pth)")
+    p.add_argument("--out", default=str(DEFAULT_INDEX_DIR), help="index folder to write")
+    p.add_argument("--vectors", help="word-vector file for text queries "
+                   "(default: the checkpoint's)")
+    p.add_argument("--method", choices=METHODS, default="hnsw")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.set_defaults(func="devise_utils.apps.commands:index")
+
+    p = sub.add_parser("search", help="text -> image or image -> image search")
+    p.add_argument("query", nargs="?", help='words, e.g. "a striped animal"')
+    p.add_argument("--image", help="find images like this one instead")
+    p.add_argument("--index", default=str(DEFAULT_INDEX_DIR), help="index folder")
+    p.add_argument("-k", type=int, default=10, help="number of results")
+    p.add_argument("--model", help="checkpoint (default: the index's; must match it)")
+    p.add_argument("--vectors", help="word vectors (default: the index's; must match it)")
+    p.add_argument("--ef-search", type=int, help=f"HNSW beam width (default {EF_SEARCH})")
+    p.set_defaults(func="devise_utils.apps.commands:search")
+
+
+def _tag_and_label(sub) -> None:
+    p = sub.add_parser("tag", help="nearest vocabulary words of images (tags)",
+                       description="Tags: the nearest words of the whole vocabulary. "
+                       "The vocabulary index is built on first use of a vector file "
+                       "and reused (runs/vocab/<sha256>-...).")
+    p.add_argument("images", nargs="+", help="image file(s) or folder(s)")
+    p.add_argument("--model", required=True, help="Stage II checkpoint")
+    p.add_argument("--vectors", help="vocabulary vectors (default: the checkpoint's)")
+    p.add_argument("--top-n", type=int, default=None,
+                   help="only the N most frequent words (default: every word of the file)")
+    p.add_argument("-k", type=int, default=10, help="tags per image")
+    p.add_argument("--method", choices=METHODS, default="hnsw",
+                   help="hnsw (default) or exact: scan every word")
+    p.add_argument("--vocab-index", help="vocabulary index folder (default: runs/vocab/"
+                   "<sha256 of --vectors>-...); built there if absent")
+    p.add_argument("--rebuild-vocab", action="store_true", help="rebuild the vocabulary index")
+    p.add_argument("--ef-search", type=int, help="HNSW beam width (default vocab.EF_SEARCH)")
+    p.set_defaults(func="devise_utils.apps.commands:tag")
+
+    p = sub.add_parser("label", help="zero-shot labels for a folder of new images")
+    p.add_argument("folder", help="image folder (or one image)")
+    p.add_argument("--model", required=True, help="Stage II checkpoint")
+    p.add_argument("--classes", required=True, help='comma-separated names, e.g. "zebra,horse"')
+    p.add_argument("--vectors", help="word vectors (default: the checkpoint's)")
+    p.add_argument("-k", type=int, default=3, help="labels shown per image")
+    p.set_defaults(func="devise_utils.apps.commands:label")
+
+
+def _export(sub) -> None:
+    p = sub.add_parser("export", help="export a Stage II model for mobile "
+                       "(ExecuTorch .pte, ONNX; fp32 and int8)")
+    p.add_argument("--model", required=True, help="Stage II checkpoint (stage2.pth)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--format", nargs="+", choices=EXPORT_FORMATS, default=["onnx"],
+                   help="one or more of: onnx (default; onnxruntime), executorch (.pte, "
+                   "XNNPACK; ExecuTorch's mobile runtime), torchscript (.ptl, deprecated "
+                   "PyTorch Mobile lite interpreter)")
+    p.add_argument("--int8", action="store_true", help="also write static-int8 models "
+                   "(calibrated on half the sample images)")
+    p.add_argument("--images", help="calibration/parity images (default: the checkpoint's "
+                   "dataset)")
+    p.add_argument("--n-images", type=int, default=64, help="sample images to use")
+    p.set_defaults(func="devise_utils.apps.commands:export")
+
+
+#: The subcommands, in the order --help lists them.
+COMMANDS = (_download, _prepare, _run, _index_and_search, _tag_and_label, _export)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,10 +134,15 @@ def build_parser() -> argparse.ArgumentParser:
         description="DeViSE-Mobile: deep visual-semantic embeddings on a mobile-sized network.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMAND_MODULES:
-        module = importlib.import_module(f"devise_utils.{name}")
-        module.register(sub)
+    for add in COMMANDS:
+        add(sub)
     return parser
+
+
+def handler(spec: str):
+    """The function a ``"module:function"`` spec names (imported now, not at --help)."""
+    module, name = spec.split(":")
+    return getattr(importlib.import_module(module), name)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
-        return int(args.func(args) or 0)
+        return int(handler(args.func)(args) or 0)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

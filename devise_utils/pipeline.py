@@ -22,17 +22,15 @@ from typing import Any
 
 from devise_utils.core.config import ROOT, Config, ConfigError, make_config
 from devise_utils.core.files import read_json, write_json
+from devise_utils.report.build import NOTEBOOK_DIR, notebooks, write_reports
+from devise_utils.report.html import notebook_html
 
-NOTEBOOK_DIR = ROOT / "notebooks"
 #: The kernel's own log says nothing a reader needs: a cell's error reaches papermill as an
 #: exception. Quieted are its "running over TCP" warning and the "KeyboardInterrupt caught in
 #: kernel" race jupyter_client provokes by interrupting every kernel before shutting it down.
 KERNEL_QUIET = "--IPKernelApp.log_level=CRITICAL"
 
 
-def notebooks() -> list[Path]:
-    """The study's notebooks in run order (``NN_name.ipynb``)."""
-    return sorted(NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb"))
 
 
 class _Progress:
@@ -77,7 +75,6 @@ def run(params: dict[str, Any], report_dir: str | Path, *, start: int = 0,
     """
     import papermill as pm
 
-    from devise_utils.report.report import notebook_html, write_reports
 
     report_dir = Path(report_dir).resolve()
     params = {**params, "report_dir": str(report_dir)}
@@ -183,11 +180,9 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def register(sub) -> None:
-    p = sub.add_parser("run", help="run the whole study (all notebooks) into reports/",
-                       add_help=False)
-    p.add_argument("args", nargs=argparse.REMAINDER)
-    p.set_defaults(func=lambda a: main(a.args))
+def command(args) -> int:
+    """``python -m devise_utils run ...``: the same as ``python -m devise_utils.pipeline ...``."""
+    return main(args.args)
 
 
 if __name__ == "__main__":

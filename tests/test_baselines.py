@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from devise_utils.data.awa2 import pseudo_unseen_split
 from devise_utils.model.losses import CosineLoss, RankLoss
 from devise_utils.study import baselines as B
 from devise_utils.study import metrics as M
@@ -132,9 +133,9 @@ def test_calibrated_stacking_and_pseudo_unseen_split():
     s = M.calibrated_stacking(TEST_S, TEST_U, 0.5)
     assert s[0] == pytest.approx([0.4, -0.3, 0.3, 0.1])
     assert M.gzsl_accuracy(TEST_S, TEST_Y, TEST_U)["unseen"] == 0.0   # uncalibrated
-    kept, pseudo = M.pseudo_unseen_split([f"c{i}" for i in range(10)], frac=0.2, seed=3)
+    kept, pseudo = pseudo_unseen_split([f"c{i}" for i in range(10)], frac=0.2, seed=3)
     assert len(pseudo) == 2 and len(kept) == 8 and not set(kept) & set(pseudo)
-    assert (kept, pseudo) == M.pseudo_unseen_split([f"c{i}" for i in range(10)], 0.2, 3)
+    assert (kept, pseudo) == pseudo_unseen_split([f"c{i}" for i in range(10)], 0.2, 3)
 
 
 # --- CSLS ---------------------------------------------------------------------------------------

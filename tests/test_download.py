@@ -262,7 +262,6 @@ def test_fetch_wrong_archive_says_so(server, tmp_path):
 
 
 def test_cli_download_awa2_end_to_end(server, tmp_path, awa2_zip, capsys, monkeypatch):
-    monkeypatch.setattr(cli, "COMMAND_MODULES", ("data.download",))  # other commands: own tests
     server.files["/AwA2-data.zip"] = awa2_zip
     argv = ["download", "awa2", "--url", server.url + "/AwA2-data.zip",
             "--data-dir", str(tmp_path), "--keep-zip"]

@@ -11,21 +11,14 @@ import numpy as np
 import pytest
 from fakes import make_checkpoint, make_images, write_vec
 
-from devise_utils.apps.export import (
-    _kept_bn_as_affine,
-    as_batch,
-    compact_onnx,
-    executorch_error,
-    export_all,
-    export_onnx,
-    mobile_ready,
-    mobile_table,
-    onnx_embed,
-    quantize_int8,
-    quantized_zero_shot,
-    torch_embed,
-)
+from devise_utils.apps.executorch_export import executorch_error
+from devise_utils.apps.export import export_all, torch_embed
+from devise_utils.apps.mobile_bench import mobile_table, quantized_zero_shot
+from devise_utils.apps.mobile_graph import kept_bn_as_affine, mobile_ready
+from devise_utils.apps.onnx_export import compact_onnx, export_onnx, quantize_int8
+from devise_utils.apps.runtime import onnx_embed
 from devise_utils.cli import main
+from devise_utils.model.predict import as_batch
 
 SIZE = 64
 #: The size goal: int8 SqueezeNet 1.1 DeViSE (head_hidden 512, final BN, 300-d) on disk.
@@ -101,7 +94,7 @@ def test_mobile_ready_is_the_same_function_without_batchnorm(images, final_bn):
     assert not m.training and type(m.head[0]).__name__ == "AdaptiveConcatPool2d"  # untouched
     # for PT2E int8 the kept BatchNorms become fixed affines: no batch norm in the graph
     # (torchao then skips its slow conv-BN fold pass), still the same function
-    affine = _kept_bn_as_affine(mobile_ready(m))
+    affine = kept_bn_as_affine(mobile_ready(m))
     assert [type(x).__name__ for x in affine.head].count("FixedAffine") == 2
     assert not any(isinstance(x, torch.nn.BatchNorm1d) for x in affine.modules())
     np.testing.assert_allclose(torch_embed(affine, images), torch_embed(m, images),
@@ -168,7 +161,7 @@ def test_executorch_fp32_parity_in_its_runtime(pte):
 
 @needs_executorch
 def test_executorch_int8_runs_and_is_smaller(pte, model, images):
-    from devise_utils.apps.export import pte_embed
+    from devise_utils.apps.executorch_export import pte_embed
 
     fp32, int8 = Path(pte["pte_fp32"]), Path(pte["pte_int8"])
     assert int8.stat().st_size < 0.4 * fp32.stat().st_size
@@ -179,12 +172,14 @@ def test_executorch_int8_runs_and_is_smaller(pte, model, images):
 
 
 def test_executorch_absent_is_a_clear_error(monkeypatch, model):
-    import devise_utils.apps.export as ex
+    from devise_utils.apps import executorch_export as et
+    from devise_utils.apps import export as ex
 
-    monkeypatch.setattr(ex, "executorch_error", lambda: "ExecuTorch is not usable here (x)")
+    for module in (et, ex):
+        monkeypatch.setattr(module, "executorch_error", lambda: "ExecuTorch is not usable here (x)")
     with pytest.raises(RuntimeError, match="not usable here"):
-        ex.export_executorch(model, "unused.pte", SIZE)
-    assert ex._formats(None) == ("onnx",)  # the table leaves it out, it does not fail
+        et.export_executorch(model, "unused.pte", SIZE)
+    assert ex.checked_formats(None) == ("onnx",)  # the table leaves it out, it does not fail
 
 
 # --- TorchScript, the table ------------------------------------------------------------------
@@ -285,7 +280,7 @@ def test_cli_export(tmp_path, capsys):
 
 @needs_executorch
 def test_cli_export_executorch(tmp_path, capsys):
-    from devise_utils.apps.export import pte_embed
+    from devise_utils.apps.executorch_export import pte_embed
     from devise_utils.apps.search import image_files, load_model
 
     vec = write_vec(tmp_path / "words.vec", ["zebra", "horse"], seed=0)

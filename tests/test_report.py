@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from devise_utils.report import report
+from devise_utils.report import build, check, tables
+from devise_utils.report import html as html_
 
-CHROMIUM = report.find_chromium()
+CHROMIUM = check.find_chromium()
 ENV = {"python": "3.11.9", "torch": "2.14.1", "device": "cpu (x86_64)", "platform": "Linux"}
 NOTEBOOKS = ["00_data_prep.ipynb", "01_lr_finder.ipynb", "02_stage1_classifier.ipynb",
              "03_stage2_embedding.ipynb", "06_zero_shot.ipynb"]
@@ -130,8 +131,8 @@ def fake_report(tmp_path: Path, baselines: bool = True, failed: bool = False) ->
         st["notebooks"]["06_zero_shot.ipynb"] = {"ok": False, "seconds": 3.0,
                                                  "error": "ValueError: boom"}
     (out / "status.json").write_text(json.dumps(st), encoding="utf-8")
-    report.notebook_html(out / "01_lr_finder.ipynb")
-    report.write_reports(out, st, NOTEBOOKS + ["07_search.ipynb"], env=ENV)
+    html_.notebook_html(out / "01_lr_finder.ipynb")
+    build.write_reports(out, st, NOTEBOOKS + ["07_search.ipynb"], env=ENV)
     return out
 
 
@@ -141,7 +142,7 @@ def built(tmp_path) -> Path:
 
 
 def test_report_module_imports_nothing_heavy():
-    code = ("import sys, devise_utils.report.report, devise_utils.report.poster; "
+    code = ("import sys, devise_utils.report.build, devise_utils.report.poster; "
             "heavy = {'torch', 'fastai', 'nbconvert', 'nmslib', 'matplotlib', 'pandas'}; "
             "print(sorted(heavy & set(sys.modules)))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
@@ -167,7 +168,7 @@ def test_results_md_has_the_poster_tables_beside_the_run(built):
 def test_index_html_is_the_study_at_a_glance(built):
     page = (built / "index.html").read_text()
     # The same tables as results.md (built once), poster beside run.
-    for title in [t.title for t in report.tables(json.loads(
+    for title in [t.title for t in tables.tables(json.loads(
             (built / "results.json").read_text())) if t.glance]:
         assert title in page.replace("&amp;", "&")
     assert "80.60 % / 71.29 %" in page and "67.36 %" in page
@@ -192,8 +193,8 @@ def test_reports_without_baselines_or_after_a_failure(tmp_path):
     assert "stopped at 06_zero_shot.ipynb" in md and "stopped at" in page
     assert "ValueError: boom" in page and 'class="bad">failed' in page
     # Nothing recorded at all still gives a page.
-    empty = report.index_html({"status": {}}, NOTEBOOKS)
-    assert "No results recorded yet" in empty and "_(none)_" not in report.results_markdown({})
+    empty = html_.index_html({"status": {}}, NOTEBOOKS)
+    assert "No results recorded yet" in empty and "_(none)_" not in tables.results_markdown({})
 
 
 def test_notebook_html_hides_parameters_and_library_warnings(built):
@@ -208,7 +209,7 @@ def test_notebook_html_hides_parameters_and_library_warnings(built):
 
 
 def test_find_figures_by_tag(built):
-    figs = report.find_figures(built, NOTEBOOKS)
+    figs = html_.find_figures(built, NOTEBOOKS)
     assert list(figs) == ["lr_curve"]
     (f,) = figs["lr_curve"]
     assert f.notebook == "01_lr_finder.ipynb" and base64.b64decode(f.data) == png()
@@ -218,14 +219,14 @@ def test_find_figures_by_tag(built):
                                              "(apt-get install chromium)")
 def test_index_html_renders_in_headless_chromium(built, tmp_path):
     shot = tmp_path / "index.png"
-    r = report.check_report(built, screenshot=shot, allow_missing=True)
+    r = check.check_report(built, screenshot=shot, allow_missing=True)
     assert r["images"] == r["loaded"] == 1 and r["sizes"] == [[6, 4]]
     assert r["figures"] == ["lr_curve"] and "pca" in r["missing_figures"]
     assert r["tables"] >= 6 and shot.read_bytes()[:4] == b"\x89PNG"
     # Strict mode fails while figures of the study are absent; a broken image fails too.
-    with pytest.raises(report.ReportCheckError, match="figures missing"):
-        report.check_report(built)
+    with pytest.raises(check.ReportCheckError, match="figures missing"):
+        check.check_report(built)
     page = (built / "index.html").read_text().replace(PNG_B64, PNG_B64[:40])
     (built / "index.html").write_text(page)
-    with pytest.raises(report.ReportCheckError, match="did not load"):
-        report.check_report(built, allow_missing=True)
+    with pytest.raises(check.ReportCheckError, match="did not load"):
+        check.check_report(built, allow_missing=True)

@@ -8,15 +8,8 @@ import numpy as np
 import pytest
 from fakes import DIM, make_checkpoint, make_images, write_vec
 
-from devise_utils.apps.search import (
-    EmbeddingIndex,
-    IndexMismatchError,
-    content_words,
-    rank_labels,
-    recall_at_k,
-    text_vector,
-    vocabulary,
-)
+from devise_utils.apps.index import EmbeddingIndex, IndexMismatchError, recall_at_k
+from devise_utils.apps.text import content_words, rank_labels, text_vector, vocabulary
 from devise_utils.cli import main
 from devise_utils.data.vectors import MissingVectorsError, WordVectors, normalize
 

@@ -10,7 +10,8 @@ import pytest
 from fakes import make_checkpoint, make_images, write_vec
 
 from devise_utils.apps import vocab
-from devise_utils.apps.search import IndexMismatchError, _exact_knn, recall_at_k, vocabulary
+from devise_utils.apps.index import IndexMismatchError, _exact_knn, recall_at_k
+from devise_utils.apps.text import vocabulary
 from devise_utils.cli import main
 from devise_utils.data.vectors import file_sha256, load_vectors, normalize
 
@@ -135,7 +136,7 @@ def test_recall_at_10_on_real_glove(shared, tmp_path):
 
 
 def test_importing_nmslib_prints_nothing():
-    code = ("import sys; from devise_utils.apps.search import import_nmslib; m = import_nmslib(); "
+    code = ("import sys; from devise_utils.apps.index import import_nmslib; m = import_nmslib(); "
             "print('after', file=sys.stderr); print(m.__name__)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert r.stderr == "after\n" and r.stdout == "nmslib\n"

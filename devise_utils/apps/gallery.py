@@ -12,10 +12,10 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
+from PIL import Image
 
 
 def _thumb(ax, path: str | Path, size: int) -> None:
-    from PIL import Image
 
     try:
         with Image.open(path) as im:

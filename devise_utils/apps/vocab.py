@@ -4,7 +4,7 @@
 (fastText's 1M words, GloVe's 400k) two things are slow if done per call:
 parsing the text ``.vec`` file (minutes) and brute-force search (40-120 ms a
 query at 1M x 300). :func:`open_index` therefore builds a :class:`VocabIndex`
-once: the tag-clean vocabulary (:func:`devise_utils.apps.search.vocabulary`), unit
+once: the tag-clean vocabulary (:func:`devise_utils.apps.text.vocabulary`), unit
 vectors and a faiss HNSW graph (inner product = cosine), saved atomically under
 ``runs/vocab/<sha256 of the vector file>-...``. Later calls find it there and
 only load it (memory-mapped: 0.14 s of CPU for GloVe's 336k clean words). faiss,
@@ -14,14 +14,13 @@ compiling nmslib takes minutes of CPU per install (bench/bench_vocab.py, README)
 
 The vector file's sha256 keys the folder and is recorded in ``vocab.json``; an
 index opened with another file raises
-:class:`~devise_utils.apps.search.IndexMismatchError` naming both files. Hashing a
+:class:`~devise_utils.apps.index.IndexMismatchError` naming both files. Hashing a
 2 GB ``.vec`` takes seconds, so the digest is cached per (path, size, mtime)
 in ``runs/vocab/sha256-cache.json``; a changed file is hashed again.
 """
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,9 +28,10 @@ from typing import Any
 
 import numpy as np
 
-from devise_utils.apps.search import IndexMismatchError
+from devise_utils.apps.index import IndexMismatchError
+from devise_utils.apps.text import vocabulary
 from devise_utils.core.config import ROOT
-from devise_utils.core.files import atomic_write, read_json, write_json
+from devise_utils.core.files import atomic_write, existing_file, read_json, write_json
 from devise_utils.data.vectors import file_sha256, load_vectors, normalize
 
 #: Where indexes go unless a folder is given: one sub-folder per vector file and options.
@@ -94,13 +94,11 @@ class VocabIndex:
               ef_construction: int = EF_CONSTRUCTION) -> VocabIndex:
         """Read every word of a ``.vec``/``.txt``/``.bin`` file and build the HNSW graph.
 
-        ``clean`` keeps only usable tags (see :func:`devise_utils.apps.search.vocabulary`);
+        ``clean`` keeps only usable tags (see :func:`devise_utils.apps.text.vocabulary`);
         ``top_n`` keeps the file's N most frequent words (default: all of them).
         """
-        from devise_utils.apps.search import vocabulary
-
         faiss = _faiss()
-        path = _existing(vectors)
+        path = existing_file(vectors, "word-vector", "check --vectors")
         sha = sha256 or cached_sha256(path)
         if path.suffix == ".bin":  # fastText models: the whole vocabulary unless top_n
             wv = load_vectors(path, top_n=top_n or 10**9, hash_file=False)
@@ -220,7 +218,7 @@ def open_index(vectors: str | Path, *, folder: str | Path | None = None, clean: 
     holding an index of another vector file raises ``IndexMismatchError``;
     ``rebuild=True`` replaces it. ``log`` (e.g. ``print``) hears what happened.
     """
-    path = _existing(vectors)
+    path = existing_file(vectors, "word-vector", "check --vectors")
     sha = cached_sha256(path, root=root)
     folder = Path(folder) if folder else index_dir(sha, clean=clean, top_n=top_n, root=root)
     if not rebuild and (folder / SIDECAR).is_file():
@@ -250,7 +248,7 @@ def check_vectors(meta: dict[str, Any], vectors: str | Path, sha256: str | None 
                   folder: str | Path | None = None) -> None:
     """Raise ``IndexMismatchError`` unless ``vectors`` is the file the index was built from."""
     want = meta.get("vectors_sha256")
-    have = sha256 or cached_sha256(_existing(vectors))
+    have = sha256 or cached_sha256(existing_file(vectors, "word-vector", "check --vectors"))
     if want and have != want:
         where = folder or "the vocabulary index"
         raise IndexMismatchError(
@@ -285,17 +283,6 @@ def cached_sha256(path: str | Path, *, root: str | Path | None = None) -> str:
         except OSError:  # a read-only runs/ only costs the re-hash
             pass
     return sha
-
-
-def _existing(path: str | Path) -> Path:
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"word-vector file {p} does not exist; check --vectors")
-    return p
-
-
-def _log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 __all__ = ["VocabIndex", "open_index", "tag_images", "index_dir", "cached_sha256",

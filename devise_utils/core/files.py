@@ -44,3 +44,11 @@ def _plain(o: Any) -> Any:
     if isinstance(o, Path):
         return str(o)
     raise TypeError(f"cannot write {type(o).__name__} to JSON")
+
+
+def existing_file(path: str | Path, what: str, fix: str = "check the path") -> Path:
+    """``path`` as a Path if it is a file; otherwise an error naming it, what it is, the fix."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"{what} file {p} does not exist; {fix}")
+    return p

@@ -194,3 +194,16 @@ def default_vectors(cfg: Config) -> Path:
     if cfg.dataset == "builtin":
         return dataset_root(cfg) / "vectors.vec"
     return Path(cfg.data_dir) / "wiki-news-300d-1M.vec"
+
+
+def pseudo_unseen_split(seen: Sequence[str], frac: float = 0.2, seed: int = 0
+                        ) -> tuple[list[str], list[str]]:
+    """Seeded split of the seen classes into (kept, pseudo-unseen) for a validation round;
+    at least one class on each side."""
+    seen = list(seen)
+    if len(seen) < 2:
+        raise ValueError("need at least 2 seen classes to hold some out")
+    k = min(len(seen) - 1, max(1, round(frac * len(seen))))
+    pick = set(np.random.default_rng(seed).choice(len(seen), k, replace=False).tolist())
+    return ([c for i, c in enumerate(seen) if i not in pick],
+            [c for i, c in enumerate(seen) if i in pick])

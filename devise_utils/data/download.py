@@ -344,24 +344,8 @@ def fetch(name: str, data_dir: str | Path, *, url: str | None = None, sha256: st
     return final
 
 
-def _run(args: argparse.Namespace) -> int:
+def command(args: argparse.Namespace) -> int:
     path = fetch(args.name, args.data_dir or Config().data_dir, url=args.url, sha256=args.sha256,
                  bin=args.bin, keep_zip=args.keep_zip, progress=not args.quiet)
     print(path)
     return 0
-
-
-def register(subparsers) -> None:
-    p = subparsers.add_parser(
-        "download", help="download AwA2 or the fastText vectors (resumable, verified)",
-        description="Download and unpack AwA2 or fastText wiki-news-300d-1M. Interrupted "
-                    "downloads resume when re-run; files are verified before use.")
-    p.add_argument("name", choices=NAMES, help="what to download")
-    p.add_argument("--bin", action="store_true",
-                   help="fastText: the subword .bin model (vectors for any word) instead of .vec")
-    p.add_argument("--data-dir", default=None, help="where to put it (default: Config().data_dir)")
-    p.add_argument("--url", default=None, help="download from this URL instead (a mirror)")
-    p.add_argument("--sha256", default=None, help="expected sha256 of the archive")
-    p.add_argument("--keep-zip", action="store_true", help="keep the archive after unpacking")
-    p.add_argument("--quiet", action="store_true", help="no progress bar or status lines")
-    p.set_defaults(func=_run)

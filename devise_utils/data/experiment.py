@@ -90,7 +90,7 @@ def _holdout(seen: list[str], table: pd.DataFrame, seed: int
              ) -> tuple[list[str], list[str], pd.DataFrame]:
     """A calibration round's data: the real unseen classes dropped, a seeded 20 % of the seen
     classes relabelled unseen (all their images), the rest kept with their train/valid split."""
-    from devise_utils.study.metrics import pseudo_unseen_split
+    from devise_utils.data.awa2 import pseudo_unseen_split
 
     kept, pseudo = pseudo_unseen_split(seen, HOLDOUT_FRACTION, seed)
     t = table[table["cls"].isin(seen)].copy()

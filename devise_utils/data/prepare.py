@@ -134,21 +134,7 @@ def prepared_table(cfg: Config, workers: int | None = None) -> pd.DataFrame:
     return t
 
 
-def register(subparsers) -> None:
-    p = subparsers.add_parser(
-        "prepare", help="generate the built-in dataset / build the resized image cache",
-        description="Read and validate a dataset in AwA2 layout (generating the built-in one "
-                    "on first use) and cache its images as RGB JPEGs with a short side of "
-                    "--size, so training never decodes large photos.")
-    p.add_argument("--dataset", default="builtin", help="builtin | awa2 | PATH (AwA2 layout)")
-    p.add_argument("--data-dir", default=Config.data_dir, help="where datasets and the cache live")
-    p.add_argument("--size", type=int, default=Config.cache_size, help="short side of the cache")
-    p.add_argument("--split", default="standard", choices=["standard", "proposed"])
-    p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 2))
-    p.set_defaults(func=_main)
-
-
-def _main(args) -> int:
+def command(args) -> int:
     cfg = Config(dataset=args.dataset, data_dir=args.data_dir, cache_size=args.size,
                  split=args.split)
     t, skipped, cache = _prepare(cfg, args.workers)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -85,3 +86,22 @@ def embed_paths(model: nn.Module, paths: Sequence[str], batch_size: int = 64,
         dim = model(torch.zeros(1, 3, image_size, image_size, device=device)).shape[1]
         return np.zeros((0, dim), np.float32), []
     return np.concatenate(embs), kept
+
+
+def as_batch(sample_images: Sequence[str | Path] | np.ndarray, image_size: int) -> np.ndarray:
+    """Preprocessed float32 (N, 3, S, S) from image paths, or an array/tensor checked as such."""
+    if isinstance(sample_images, (str, Path)):
+        raise TypeError("sample_images must be a list of paths or an array, not one path")
+    if hasattr(sample_images, "shape"):  # ndarray or torch tensor
+        x = np.asarray(sample_images.detach().cpu() if hasattr(sample_images, "detach")
+                       else sample_images, dtype=np.float32)
+    else:
+
+        paths = list(sample_images)
+        if not paths:
+            raise ValueError("no sample images given (needed for calibration and parity)")
+        x = np.stack([load_image(str(p), image_size).numpy() for p in paths])
+    if x.ndim != 4 or x.shape[1:] != (3, image_size, image_size):
+        raise ValueError(f"sample images must be (N, 3, {image_size}, {image_size}), "
+                         f"got {x.shape}")
+    return np.ascontiguousarray(x)

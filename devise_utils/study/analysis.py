@@ -95,15 +95,3 @@ def attribute_table(attributes: dict[str, dict[str, str]], unseen: list[str]) ->
     return t.sort_values("unseen")
 
 
-def int8_zero_shot(run: Run) -> dict[str, Any]:
-    """What int8 costs in zero-shot top-1: the run's Stage II model in PyTorch fp32 vs int8
-    ONNX vs int8 ExecuTorch, on the run's unseen images (calibrated on seen training images)."""
-    from devise_utils.apps.export import quantized_zero_shot
-
-    exp, model = run.data, run.stage2.model()
-    unseen = run.embeddings[run.embeddings["split"] == "unseen"]
-    return quantized_zero_shot(model, unseen["path"].tolist(), unseen["cls"].tolist(),
-                               exp.unseen, exp.class_vectors(exp.unseen),
-                               exp.sample_paths(32, split="train"), model.image_size,
-                               fp32_emb=np.stack(unseen["emb"].to_list()),
-                               executorch="executorch" in run.cfg.mobile_formats)

@@ -18,6 +18,7 @@ from devise_utils.data.experiment import Experiment
 from devise_utils.model.backbones import count_params
 from devise_utils.model.predict import embed_paths
 from devise_utils.model.train import StageResult
+from devise_utils.study.results import BASELINES, DEVISE_NAME
 
 from . import metrics as M
 
@@ -136,8 +137,6 @@ def model_size(s: StageResult) -> dict[str, float]:
 
 def methods_table(r: dict[str, Any]) -> pd.DataFrame:
     """DeViSE and the baselines side by side (zero-shot and GZSL) from :meth:`Run.metrics`."""
-    from devise_utils.report.report import BASELINES, DEVISE_NAME
-
     rows = []
     names = {"devise": DEVISE_NAME, **BASELINES}
     for key, res in [("devise", r), *(r.get("baselines") or {}).items()]:
@@ -148,3 +147,7 @@ def methods_table(r: dict[str, Any]) -> pd.DataFrame:
                      "gamma": g.get("gamma"), "gzsl_AUSUC": g["AUSUC"],
                      "H_oracle_upper_bound": g["best_H"]})
     return pd.DataFrame(rows)
+
+
+
+

@@ -130,17 +130,6 @@ def seen_unseen_curve(emb: np.ndarray, y: Sequence[str], seen: Sequence[str],
 #   3. ``gzsl_accuracy(test_scores, test_y, test_unseen_cols, gamma)`` on the real test.
 # ``calibrated_gzsl`` does 2 + 3 in one call.
 
-def pseudo_unseen_split(seen: Sequence[str], frac: float = 0.2, seed: int = 0
-                        ) -> tuple[list[str], list[str]]:
-    """Seeded split of the seen classes into (kept, pseudo-unseen) for a validation round;
-    at least one class on each side."""
-    seen = list(seen)
-    if len(seen) < 2:
-        raise ValueError("need at least 2 seen classes to hold some out")
-    k = min(len(seen) - 1, max(1, round(frac * len(seen))))
-    pick = set(np.random.default_rng(seed).choice(len(seen), k, replace=False).tolist())
-    return ([c for i, c in enumerate(seen) if i not in pick],
-            [c for i, c in enumerate(seen) if i in pick])
 
 
 def calibrated_stacking(scores: np.ndarray, unseen_cols: np.ndarray, gamma: float) -> np.ndarray:

@@ -145,23 +145,3 @@ def recipe_ablations(cfg: Config) -> dict[str, dict[str, Any]]:
     return rows
 
 
-def mobile_table(cfg: Config, image_sizes: tuple[int, ...] = (224,), runs: int = 20,
-                 phone_size: int = 224) -> pd.DataFrame:
-    """The poster's size table made real: params, MB on disk and single-thread CPU latency
-    per backbone and format, for notebook 04's Stage II models, at each image size. ONNX
-    for every backbone and size; ExecuTorch (slow to lower: ~20 s per int8 model) for the
-    study's own backbone at ``phone_size``, the poster's and a phone camera app's input."""
-    from devise_utils.apps.export import as_batch
-    from devise_utils.apps.export import mobile_table as export_table
-
-    runs_ = {b: Run(comparison_config(cfg, b)).train() for b in cfg.compare_backbones}
-    samples = next(iter(runs_.values())).data.sample_paths(32)
-    tables = []
-    for size in image_sizes:
-        x = as_batch(samples, size)
-        for b, r in runs_.items():
-            own = b == cfg.backbone and size == phone_size
-            formats = cfg.mobile_formats if own else ("onnx",)
-            t = export_table({b: r.stage2.model()}, size, x, runs=runs, formats=formats)
-            tables.append(t.assign(image_size=size))
-    return pd.concat(tables, ignore_index=True).rename(columns={"model": "backbone"})

@@ -1,0 +1,3 @@
+from devise_utils.report.build import main
+
+raise SystemExit(main())

@@ -1,0 +1,266 @@
+"""The study's tables, built once from the recorded results and rendered to Markdown
+(results.md) and HTML (index.html): the poster's numbers beside this run's."""
+
+from __future__ import annotations
+
+import html
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from devise_utils.report.poster import POSTER
+from devise_utils.study.results import BASELINES, DEVISE_NAME
+
+#: Columns holding fractions that read best as percentages.
+PCT = {"poster", "this run", "chance", "stage1_accuracy", "top1", "top3", "top5", "top10",
+       "top-3", "top-5", "zsl_top1", "gzsl_seen", "gzsl_unseen", "gzsl_H", "gzsl_AUSUC",
+       "seen acc", "unseen acc", "H", "H calibrated", "H (oracle calibration)", "AUSUC",
+       "zsl_top1_fp32", "zsl_top1_int8", "change", "chance_unseen",
+       "text_to_image_p@10_seen", "text_to_image_p@10_unseen", "image_to_image_p@10_unseen",
+       "zero-shot top-1", "GZSL seen", "GZSL unseen", "H (uncalibrated)",
+       "H oracle (upper bound)", "H_oracle_upper_bound"}
+
+
+#: Column-name endings that also mark fractions (sweep rows grow per-method columns).
+PCT_SUFFIXES = ("_zsl_top1", "_accuracy", "_H", "_H_calibrated", "_AUSUC", "_seen", "_unseen")
+
+
+def _is_pct(column: str) -> bool:
+    return column in PCT or column.endswith(PCT_SUFFIXES)
+
+
+@dataclass
+class Table:
+    """One table of the report, rendered to Markdown (results.md) and HTML (index.html)."""
+
+    key: str
+    title: str
+    rows: list[dict[str, Any]]
+    columns: list[str] | None = None
+    note: str = ""
+    glance: bool = False   # among the poster-vs-run tables at the top of index.html
+
+    @property
+    def cols(self) -> list[str]:
+        return list(self.columns or (self.rows[0].keys() if self.rows else []))
+
+
+def _fmt(v: Any, pct: bool = False) -> str:
+    if v is None or (isinstance(v, float) and v != v):  # None or NaN
+        return "–"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, float):
+        return f"{100 * v:.2f} %" if pct else f"{v:.4g}"
+    return str(v)
+
+
+def md_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None) -> str:
+    """A Markdown table; columns named in ``PCT`` are shown as percentages."""
+    if not rows:
+        return "_(none)_\n"
+    cols = list(columns or rows[0].keys())
+    out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    out += ["| " + " | ".join(_fmt(r.get(c), _is_pct(c)).replace("|", "\\|") for c in cols)
+            + " |" for r in rows]
+    return "\n".join(out) + "\n"
+
+
+def html_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None) -> str:
+    """The same table as :func:`md_table`, as HTML (numbers right-aligned)."""
+    if not rows:
+        return "<p><i>(none)</i></p>\n"
+    cols = list(columns or rows[0].keys())
+
+    def numeric(v: Any) -> bool:
+        return (isinstance(v, int | float) and not isinstance(v, bool)) or (
+            isinstance(v, str) and re.fullmatch(r"[–\d.\s%/]+", v) is not None)
+
+    num = {c for c in cols if all(numeric(r.get(c)) or r.get(c) is None for r in rows)}
+
+    def td(r: dict[str, Any], c: str) -> str:
+        cls = " ".join(filter(None, ["num" if c in num else "", "poster" if c == "poster" else ""]))
+        attr = f' class="{cls}"' if cls else ""
+        return f"<td{attr}>{html.escape(_fmt(r.get(c), _is_pct(c)))}</td>"
+
+    head = "".join(('<th class="num">' if c in num else "<th>") + f"{html.escape(c)}</th>"
+                   for c in cols)
+    body = "".join("<tr>" + "".join(td(r, c) for c in cols) + "</tr>\n" for r in rows)
+    return f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}</tbody></table>\n"
+
+
+def _present(rows: Sequence[dict[str, Any]], wanted: Sequence[str]) -> list[str]:
+    """The ``wanted`` columns that some row has (records gain and lose columns)."""
+    return [c for c in wanted if any(c in r for r in rows)]
+
+
+def _backbone_rows(res: dict[str, Any]) -> list[dict[str, Any]]:
+    """The main run first, then notebook 04's same-budget comparison rows."""
+    main = ([{**res["03_stage2"]["summary"], "run": "main"}]
+            if "summary" in res.get("03_stage2", {}) else [])
+    return main + [{**r, "run": "comparison"} for r in res.get("04_backbones") or []]
+
+
+def _gzsl_row(method: str, r: dict[str, Any]) -> dict[str, Any]:
+    z, g = r.get("zero_shot") or {}, r.get("gzsl") or {}
+    return {"method": method, "zero-shot top-1": z.get("per_class_top1"),
+            "chance": z.get("chance"), "GZSL seen": g.get("seen"),
+            "GZSL unseen": g.get("unseen"), "H (uncalibrated)": g.get("H"),
+            "H calibrated": g.get("H_calibrated"), "γ": g.get("gamma"),
+            "AUSUC": g.get("AUSUC"),
+            "H oracle (upper bound)": g.get("best_H")}
+
+
+def tables(res: dict[str, Any]) -> list[Table]:
+    """Every table of the report, built once from results.json's content."""
+    out: list[Table] = []
+    data = res.get("00_data", {})
+    rows = _backbone_rows(res)
+    if rows:
+        out.append(Table("stage1", "Stage I: classifier accuracy (seen classes, valid split)", [
+            {"run": r["run"], "backbone": r["backbone"], "weights": r.get("weights"),
+             "epochs": r.get("epochs"),
+             "poster": POSTER.get(r["backbone"], {}).get("stage1_accuracy"),
+             "this run": r.get("stage1_accuracy")} for r in rows], glance=True))
+        trow = []
+        for r in rows:
+            p = POSTER.get(r["backbone"], {})
+            trow.append({"run": r["run"], "backbone": r["backbone"],
+                         **{f"{k} (poster / run)": f"{_fmt(p.get(k), True)} / "
+                                                   f"{_fmt(r.get(k), True)}"
+                            for k in ("top1", "top3", "top5", "top10")}})
+        out.append(Table("stage2", "Stage II: top-k by nearest class word vector (seen "
+                                   "classes, valid split)", trow, glance=True))
+        out.append(Table("size", "Model size", [
+            {"run": r["run"], "backbone": r["backbone"],
+             "params M (poster)": POSTER.get(r["backbone"], {}).get("params_m"),
+             "params M (run)": round(r["params_m"], 2) if "params_m" in r else None,
+             "MB (poster)": POSTER.get(r["backbone"], {}).get("mb"),
+             "MB state dict (run)": round(r["mb"], 2) if "mb" in r else None} for r in rows],
+            glance=True))
+    zs = res.get("06_zero_shot", {})
+    if zs.get("zero_shot"):
+        z = zs["zero_shot"]
+        out.append(Table("zero_shot", "Zero-shot (unseen classes only): per-class mean top-1", [
+            {"split": data.get("split"), "poster": POSTER["zero_shot_per_class_top1"],
+             "this run": z.get("per_class_top1"), "chance": z.get("chance"),
+             "top-3": z.get("top3"), "top-5": z.get("top5")}], glance=True))
+    if zs.get("gzsl"):
+        g = zs["gzsl"]
+        row = {"seen acc": g.get("seen"), "unseen acc": g.get("unseen"), "H": g.get("H")}
+        if "H_calibrated" in g:
+            row.update({"H calibrated": g["H_calibrated"], "γ": g.get("gamma")})
+        row.update({"AUSUC": g.get("AUSUC"), "H (oracle calibration)": g.get("best_H")})
+        out.append(Table("gzsl", "Generalized zero-shot (all classes are candidates)", [row],
+                         note="H is uncalibrated, as in the poster's setting"
+                              + ("; H calibrated subtracts γ from seen-class scores, γ chosen "
+                                 "without unseen-class images" if "H_calibrated" in g else "")
+                              + "; AUSUC (Chao et al. 2016) sweeps the calibration; the "
+                                "oracle H picks it on the test images (an upper bound, not "
+                                "a result).", glance=True))
+    base = [k for k in BASELINES if zs.get(k)]
+    if base and (zs.get("zero_shot") or zs.get("gzsl")):
+        out.append(Table("baselines", "DeViSE vs baselines (zero-shot and generalized "
+                                      "zero-shot)",
+                         [_gzsl_row(DEVISE_NAME, zs)]
+                         + [_gzsl_row(BASELINES[k], zs[k]) for k in base],
+                         note="Same images, classes and word vectors for every method. H "
+                              "(uncalibrated) is the poster's setting; H calibrated subtracts "
+                              "γ from seen-class scores, γ chosen with seen classes held out "
+                              "as pseudo-unseen (no unseen-class image used); the oracle H "
+                              "picks γ on the test images, so it is an upper bound, not a "
+                              "result.",
+                         glance=True))
+    if zs.get("proposed"):
+        rows_ = zs["proposed"]
+        out.append(Table("proposed", "Standard vs proposed split (Xian et al.)", rows_,
+                         _present(rows_, ["split", "backbone", "weights", "stage1_accuracy",
+                                          "top1", "zsl_top1", "conse_zsl_top1",
+                                          "linear_zsl_top1", "gzsl_H", "gzsl_H_calibrated",
+                                          "gzsl_AUSUC"])))
+    if zs.get("split_caveat"):
+        out.append(Table("split_caveat", "Split caveat: unseen classes that ImageNet-1K "
+                                         "contains", zs["split_caveat"]))
+    if zs.get("balance"):
+        out.append(Table("balance", "Class balancing (loss weights) vs plain", zs["balance"],
+                         _present(zs["balance"], ["balance", "stage1_accuracy", "top1",
+                                                  "zsl_top1", "gzsl_H", "gzsl_H_calibrated"])))
+    s1 = res.get("02_stage1", {})
+    if s1.get("frozen_sweep"):
+        out.append(Table("frozen", "Frozen layer groups (per stage)", s1["frozen_sweep"],
+                         _present(s1["frozen_sweep"], ["stage", "stage1_frozen",
+                                                       "stage2_frozen", "stage1_accuracy",
+                                                       "top1", "zsl_top1"])))
+    s2 = res.get("03_stage2", {})
+    if s2.get("ablations"):
+        out.append(Table("ablations", "Stage II recipe ablations (one change each)",
+                         s2["ablations"],
+                         _present(s2["ablations"], ["variant", "stage1_accuracy", "top1",
+                                                    "top5", "zsl_top1", "gzsl_H_calibrated",
+                                                    "train_s"]),
+                         note="Chosen on the seen-class columns (Stage II top-1); the zero-shot "
+                              "column is shown, never used to choose."))
+    if s2.get("bn_ablation"):
+        out.append(Table("bn", "Final BatchNorm in the head: ablation", s2["bn_ablation"],
+                         _present(s2["bn_ablation"], ["final_bn", "stage1_accuracy", "top1",
+                                                      "top5", "zsl_top1"])))
+    p = res.get("05_pca") or {}
+    epochs = p.get("epochs", p.get("epoch"))
+    if epochs and p.get("mean_cos_own"):
+        other = p.get("mean_cos_nearest_other") or [None] * len(epochs)
+        out.append(Table("pca", "PCA convergence: mean cosine of image vectors to their "
+                                "class vector (and to the nearest other)",
+                         [{"epoch": e, "mean_cos_own": c, "mean_cos_nearest_other": o}
+                          for e, c, o in zip(epochs, p["mean_cos_own"], other)]))
+    if res.get("07_search"):
+        s = res["07_search"]
+        out.append(Table("search", "Search", s if isinstance(s, list) else [s]))
+    mob = res.get("08_mobile")
+    if mob and mob.get("table"):
+        out.append(Table("mobile", "On a phone: size and single-thread CPU latency (batch 1)", [
+            {**r, "params": r["params"] / 1e6, "latency_ms": round(r["latency_ms"], 2),
+             "min_cosine": f"{r['min_cosine']:.4f}", "mean_cosine": f"{r['mean_cosine']:.4f}"}
+            for r in mob["table"]],
+            ["backbone", "format", "image_size", "params", "mb", "latency_ms", "mean_cosine",
+             "min_cosine"],
+            note="params in millions; MB on disk; cosine to the PyTorch fp32 outputs on "
+                 "sample images. Rows at a size other than the one the models were trained "
+                 "at measure latency and size; their int8 parity is out of distribution."))
+        if mob.get("int8_zero_shot"):
+            out.append(Table("int8", "What int8 costs in zero-shot accuracy",
+                             [mob["int8_zero_shot"]]))
+    return out
+
+
+def dataset_line(res: dict[str, Any]) -> tuple[str, str, str]:
+    data = res.get("00_data", {})
+    params = res.get("status", {}).get("params", {})
+    return (str(data.get("dataset", params.get("dataset", "?"))), str(data.get("split", "?")),
+            f"{len(data.get('seen', []))} seen / {len(data.get('unseen', []))} unseen classes")
+
+
+AWA2_NOTE = ("The poster's numbers are for AwA2 (standard split, 40 seen / 10 unseen). This run "
+             "used another dataset, so only the protocol, not the values, is comparable.")
+
+
+def results_markdown(res: dict[str, Any]) -> str:
+    """results.md: every table of :func:`tables`, poster beside run."""
+    data = res.get("00_data", {})
+    dataset, split, classes = dataset_line(res)
+    images = ", ".join(f"{k} {v}" for k, v in data.get("n_images", {}).items()) or "?"
+    out = ["# DeViSE-Mobile results\n",
+           f"Dataset: **{dataset}**, split: **{split}** ({classes}; images: {images}). "
+           f"Word vectors: `{data.get('vectors', '?')}`. Device: "
+           f"{res.get('environment', {}).get('device', '?')}.\n"]
+    if data.get("dataset") != "awa2":
+        out.append(f"> {AWA2_NOTE}\n")
+    failed = res.get("status", {}).get("failed")
+    if failed:
+        out.append(f"**The run stopped at {failed}**; tables below hold what finished.\n")
+    for t in tables(res):
+        out.append(f"\n## {t.title}\n")
+        out.append(md_table(t.rows, t.columns))
+        if t.note:
+            out.append(f"\n{t.note}\n")
+    return "\n".join(out)
