@@ -52,12 +52,12 @@ def samples(images: str | None, n: int, size: int):
     """Real photos spread over classes if available, else Gaussian noise (flagged)."""
     import numpy as np
 
-    from devise_utils.apps.search import image_files
+    from devise_utils.data.awa2 import image_files, spread_sample
 
     folder = Path(images) if images else SHARED / "data" / "awa2-real-mini" / "JPEGImages"
     if folder.is_dir():
         files = image_files(folder)
-        return files[:: max(1, len(files) // n)][:n], str(folder)
+        return spread_sample(files, n), str(folder)
     print(f"no sample photos at {folder}: calibrating on noise (int8 cosines will be pessimistic)")
     return np.random.default_rng(0).standard_normal((n, 3, size, size), np.float32), "noise"
 

@@ -22,6 +22,7 @@ from typing import Any
 
 from devise_utils.core.config import ROOT, Config, ConfigError, make_config
 from devise_utils.core.files import read_json, write_json
+from devise_utils.data.awa2 import dataset_root
 from devise_utils.report.build import NOTEBOOK_DIR, notebooks, write_reports
 from devise_utils.report.html import notebook_html
 
@@ -52,8 +53,6 @@ class _Progress:
 
 def check(cfg: Config) -> None:
     """What can be checked before any notebook runs: the files the parameters name."""
-    from devise_utils.data.awa2 import dataset_root
-
     for name, value in (("vectors", cfg.vectors), ("weights", cfg.weights)):
         if value and value not in ("none", "imagenet") and not Path(value).is_file():
             raise ConfigError(f"parameter {name!r}: {value} is not a file; give the path of "

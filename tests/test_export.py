@@ -265,7 +265,7 @@ def test_cli_export(tmp_path, capsys):
     for key in ("onnx_fp32", "onnx_int8"):
         assert (out / info[key].split("/")[-1]).is_file()
     # the zero-shot hook reads image paths in batches at the exported size
-    from devise_utils.apps.search import image_files
+    from devise_utils.data.awa2 import image_files
 
     paths = image_files(tmp_path / "photos")
     by_path = onnx_embed(info["onnx_int8"], paths, batch_size=3)
@@ -281,7 +281,8 @@ def test_cli_export(tmp_path, capsys):
 @needs_executorch
 def test_cli_export_executorch(tmp_path, capsys):
     from devise_utils.apps.executorch_export import pte_embed
-    from devise_utils.apps.search import image_files, load_model
+    from devise_utils.apps.search import load_model
+    from devise_utils.data.awa2 import image_files
 
     vec = write_vec(tmp_path / "words.vec", ["zebra", "horse"], seed=0)
     ckpt = make_checkpoint(tmp_path / "stage2.pth", vec, image_size=32)
@@ -304,7 +305,7 @@ def test_int8_on_real_photos_and_imagenet_weights(shared, tmp_path):
     """Real ImageNet SqueezeNet on real photos at 224 px: int8 stays close to fp32."""
     import torch
 
-    from devise_utils.apps.search import image_files
+    from devise_utils.data.awa2 import image_files
     from devise_utils.model.backbones import build_model
 
     torch.manual_seed(0)

@@ -87,10 +87,10 @@ def test_interrupted_run_resumes_from_last_finished_stage(builtin_dir, tmp_path,
                batch_size=32)
     real_fit = train._fit
 
-    def crash_in_stage2(learn, exp, stage, s1, quiet):
+    def crash_in_stage2(learn, exp, stage, s1):
         if stage == 2:
             raise KeyboardInterrupt
-        return real_fit(learn, exp, stage, s1, quiet)
+        return real_fit(learn, exp, stage, s1)
 
     monkeypatch.setattr(train, "_fit", crash_in_stage2)
     with pytest.raises(KeyboardInterrupt):

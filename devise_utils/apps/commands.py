@@ -11,7 +11,6 @@ from devise_utils.apps.index import EmbeddingIndex
 from devise_utils.apps.search import (
     build_image_index,
     embed_images,
-    image_files,
     image_to_image,
     label_folder,
     load_model,
@@ -19,6 +18,7 @@ from devise_utils.apps.search import (
 )
 from devise_utils.apps.text import query_vectors
 from devise_utils.core.files import existing_file
+from devise_utils.data.awa2 import image_files
 from devise_utils.data.vectors import load_vectors
 
 

@@ -51,11 +51,11 @@ from devise_utils.apps.executorch_export import (
 )
 from devise_utils.apps.onnx_export import export_onnx, quantize_int8
 from devise_utils.apps.runtime import INPUT, OUTPUT, onnx_embed
-from devise_utils.apps.search import image_files, load_model
+from devise_utils.apps.search import load_model
 from devise_utils.apps.torchscript_export import export_torchscript, torchscript_embed
 from devise_utils.core.config import config_from_meta
 from devise_utils.core.files import write_json
-from devise_utils.data.awa2 import dataset_root
+from devise_utils.data.awa2 import dataset_root, image_files, spread_sample
 from devise_utils.data.vectors import file_sha256, normalize
 from devise_utils.model.predict import IMAGENET_MEAN, IMAGENET_STD, as_batch
 
@@ -159,20 +159,16 @@ def checked_formats(formats: Sequence[str] | None) -> tuple[str, ...]:
 
 def export_all(model, out_dir: str | Path, image_size: int,
                sample_images: Sequence[str | Path] | np.ndarray, *, name: str = "model",
-               int8: bool = True, formats: Sequence[str] | None = ("onnx", "torchscript"),
-               torchscript: bool | None = None) -> dict[str, Any]:
+               int8: bool = True, formats: Sequence[str] | None = ("onnx", "torchscript")
+               ) -> dict[str, Any]:
     """Each format of one model (fp32, and int8 with ``int8``), with parity on the samples.
 
     Half the samples calibrate int8, the other half measure it (parity on the
     calibration images would flatter it). Returns paths and cosines to PyTorch fp32:
     ``onnx_fp32``/``fp32``, ``onnx_int8``/``int8``, ``pte_fp32``/``pte_fp32_parity``,
     ``pte_int8``/``pte_int8_parity``, ``torchscript``/``torchscript_parity``.
-    ``torchscript=False`` drops TorchScript from ``formats`` (older call style).
     """
     formats = checked_formats(formats)
-    if torchscript is not None:
-        formats = tuple(f for f in formats if f != "torchscript") + (
-            ("torchscript",) if torchscript else ())
     out_dir = Path(out_dir)
     images = as_batch(sample_images, image_size)
     ref = torch_embed(model, images)
@@ -225,8 +221,7 @@ def _sample_paths(ckpt_meta: dict[str, Any], images: str | None, n: int) -> list
                                     f"available ({e}); pass --images DIR") from e
     else:
         files = image_files(images)
-    step = max(1, len(files) // n)
-    return files[::step][:n]
+    return spread_sample(files, n)
 
 
 def export_checkpoint(ckpt: str | Path, out_dir: str | Path, *, int8: bool = False,

@@ -234,7 +234,6 @@ def _save_npy(path: Path, arr: np.ndarray) -> None:
 
 
 def _cores() -> int:
-    import os
 
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 

@@ -16,7 +16,7 @@ import numpy as np
 from devise_utils.apps.index import EmbeddingIndex
 from devise_utils.apps.text import rank_labels, text_vector
 from devise_utils.core.files import existing_file
-from devise_utils.data.awa2 import IMAGE_EXTS
+from devise_utils.data.awa2 import image_files
 from devise_utils.data.vectors import WordVectors, file_sha256
 from devise_utils.model.backbones import load_embedder
 from devise_utils.model.predict import embed_paths
@@ -28,17 +28,6 @@ def text_to_image(index: EmbeddingIndex, text: str, wv: WordVectors, k: int = 10
     return index.search(text_vector(text, wv), k)[0]
 
 
-def image_files(folder: str | Path) -> list[str]:
-    """Every image under ``folder`` (recursive, sorted) or ``folder`` itself if a file."""
-    folder = Path(folder)
-    if folder.is_file():
-        return [str(folder)]
-    if not folder.is_dir():
-        raise FileNotFoundError(f"{folder} does not exist; give a folder of images")
-    files = sorted(str(p) for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTS)
-    if not files:
-        raise FileNotFoundError(f"no images ({', '.join(sorted(IMAGE_EXTS))}) under {folder}")
-    return files
 
 
 def load_model(ckpt: str | Path):

@@ -13,6 +13,7 @@ folder in AwA2 layout::
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -207,3 +208,22 @@ def pseudo_unseen_split(seen: Sequence[str], frac: float = 0.2, seed: int = 0
     pick = set(np.random.default_rng(seed).choice(len(seen), k, replace=False).tolist())
     return ([c for i, c in enumerate(seen) if i not in pick],
             [c for i, c in enumerate(seen) if i in pick])
+
+
+def image_files(folder: str | Path) -> list[str]:
+    """Every image under ``folder`` (recursive, sorted) or ``folder`` itself if a file."""
+    folder = Path(folder)
+    if folder.is_file():
+        return [str(folder)]
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder} does not exist; give a folder of images")
+    files = sorted(str(p) for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTS)
+    if not files:
+        raise FileNotFoundError(f"no images ({', '.join(sorted(IMAGE_EXTS))}) under {folder}")
+    return files
+
+
+def spread_sample(items: Sequence[str], n: int) -> list[str]:
+    """``n`` items spread evenly over ``items`` (every k-th of a sorted list covers each class):
+    the calibration and parity samples of export and of notebook 08."""
+    return list(items[::max(1, len(items) // n)][:n])

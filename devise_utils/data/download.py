@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from devise_utils.core.config import Config
+from tqdm import tqdm
 
 
 class DownloadError(RuntimeError):
@@ -234,8 +235,6 @@ def download(url: str, dest: str | Path, *, sha256: str | None = None, size: int
 def _stream(resp, part: Path, start: int, total: int | None, url: str, dest: Path,
             progress: bool, chunk: int) -> tuple[int, str]:
     """Append the response to ``part`` from ``start``; returns (bytes in part, sha256)."""
-    from tqdm import tqdm
-
     hasher = _hasher_of(part) if start else hashlib.sha256()
     got = start
     if progress:

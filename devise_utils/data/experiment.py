@@ -19,6 +19,8 @@ import pandas as pd
 from devise_utils.core.config import Config
 from devise_utils.data.awa2 import AwA2, dataset_root, default_vectors, read_awa2, seen_unseen
 from devise_utils.data.vectors import WordVectors, load_vectors
+from devise_utils.data.prepare import prepared_table
+from devise_utils.data.awa2 import pseudo_unseen_split
 
 #: Config fields that decide what data a run sees (its images, split and class vectors).
 DATA_FIELDS = ("dataset", "data_dir", "vectors", "split", "valid_pct", "seed", "max_per_class",
@@ -58,7 +60,7 @@ class Experiment:
         """``n`` image paths spread evenly over the classes (calibration, parity samples)."""
         t = self.table if split is None else self.table[self.table["split"] == split]
         t = t.sort_values(["cls", "path"])
-        return t["path"].iloc[::max(1, len(t) // n)].head(n).tolist()
+        return spread_sample(t["path"].tolist(), n)
 
 
 def experiment(cfg: Config) -> Experiment:
@@ -70,7 +72,6 @@ def experiment(cfg: Config) -> Experiment:
 
 @lru_cache(maxsize=4)
 def _load(key: str) -> tuple:
-    from devise_utils.data.prepare import prepared_table
 
     cfg = Config(**json.loads(key))
     ds = read_awa2(dataset_root(cfg))
@@ -90,8 +91,6 @@ def _holdout(seen: list[str], table: pd.DataFrame, seed: int
              ) -> tuple[list[str], list[str], pd.DataFrame]:
     """A calibration round's data: the real unseen classes dropped, a seeded 20 % of the seen
     classes relabelled unseen (all their images), the rest kept with their train/valid split."""
-    from devise_utils.data.awa2 import pseudo_unseen_split
-
     kept, pseudo = pseudo_unseen_split(seen, HOLDOUT_FRACTION, seed)
     t = table[table["cls"].isin(seen)].copy()
     t.loc[t["cls"].isin(pseudo), "split"] = "unseen"

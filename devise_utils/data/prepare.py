@@ -23,6 +23,7 @@ from PIL import Image, ImageFile, ImageOps
 
 from devise_utils.core.config import Config
 from devise_utils.core.files import atomic_write
+from devise_utils.data.awa2 import dataset_root, read_awa2, split_table
 
 JPEG_QUALITY = 90
 
@@ -116,7 +117,6 @@ def cache_dir_for(cfg: Config, root: str | Path) -> Path:
 
 
 def _prepare(cfg: Config, workers: int | None) -> tuple[pd.DataFrame, list, Path]:
-    from devise_utils.data.awa2 import dataset_root, read_awa2, split_table
 
     root = dataset_root(cfg)
     t = split_table(read_awa2(root), cfg.split, cfg.valid_pct, cfg.seed, cfg.max_per_class)

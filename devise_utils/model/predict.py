@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import nn
+from torchvision import transforms as T
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -21,8 +22,6 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 def image_transform(size: int) -> Callable[[Image.Image], torch.Tensor]:
     """Resize the short side, centre-crop, ImageNet-normalise (as fastai's valid set)."""
-    from torchvision import transforms as T
-
     return T.Compose([
         T.Resize(size), T.CenterCrop(size), T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)
     ])

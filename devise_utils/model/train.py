@@ -19,6 +19,22 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from fastai.callback.core import Callback
+from fastai.callback.mixup import MixUp
+from fastai.torch_core import set_seed
+from fastai.vision.all import (
+    CategoryBlock,
+    ColReader,
+    ColSplitter,
+    CrossEntropyLossFlat,
+    DataBlock,
+    ImageBlock,
+    Learner,
+    Normalize,
+    Resize,
+    accuracy,
+    aug_transforms,
+)
+from PIL import Image
 
 from devise_utils.core.errors import NotTrainedError
 from devise_utils.core.files import read_json, write_json
@@ -37,24 +53,11 @@ from devise_utils.model.predict import IMAGENET_MEAN, IMAGENET_STD, image_transf
 
 def seed_everything(seed: int) -> None:
     """Python, NumPy and torch RNGs (fastai's set_seed), deterministic kernels where cheap."""
-    from fastai.torch_core import set_seed
-
     set_seed(seed, reproducible=True)
 
 
 def dataloaders(exp: Experiment, device: str | None = None):
     """fastai DataLoaders over the seen classes: train/valid from the experiment's split."""
-    from fastai.vision.all import (
-        CategoryBlock,
-        ColReader,
-        ColSplitter,
-        DataBlock,
-        ImageBlock,
-        Normalize,
-        Resize,
-        aug_transforms,
-    )
-
     cfg = exp.cfg
     df = exp.table[exp.table["split"].isin(["train", "valid"])].reset_index(drop=True)
     df = df.assign(is_valid=df["split"] == "valid")
@@ -142,7 +145,6 @@ class StageResult:
 
 
 def _learner(exp: Experiment, model: DeViSEModel, stage: int, dls):
-    from fastai.vision.all import CrossEntropyLossFlat, Learner, accuracy
 
     cfg = exp.cfg
     w = class_weights(exp) if cfg.balance == "weights" else None
@@ -160,7 +162,6 @@ def _learner(exp: Experiment, model: DeViSEModel, stage: int, dls):
     learn.to_channelslast(use_amp=False)
     learn.logger = _silent  # fastai prints raw values per epoch; EpochLog prints a readable line
     if stage == 1 and cfg.mixup > 0:
-        from fastai.callback.mixup import MixUp
 
         learn.add_cb(MixUp(cfg.mixup))
     return learn
@@ -189,8 +190,7 @@ def _require_stage1(stage: int, s1: StageResult | None) -> None:
                          "result as s1")
 
 
-def lr_find(exp: Experiment, stage: int = 1, s1: StageResult | None = None,
-            quiet: bool = True) -> dict[str, Any]:
+def lr_find(exp: Experiment, stage: int = 1, s1: StageResult | None = None) -> dict[str, Any]:
     """fastai's LR range test for a stage's learner. Reads the experiment (and Stage I for
     stage 2); writes ``lr_find_stage<N>.json`` (suggestion + curve) in the stage folder."""
     _require_stage1(stage, s1)
@@ -201,7 +201,7 @@ def lr_find(exp: Experiment, stage: int = 1, s1: StageResult | None = None,
     seed_everything(cfg.seed)
     learn = _learner(exp, _stage_model(exp, stage, s1), stage, dataloaders(exp))
     learn.freeze_to(_n_frozen(exp, stage))
-    with _maybe_quiet(learn, quiet):
+    with learn.no_bar():
         sug = learn.lr_find(show_plot=False)
     rec = learn.recorder
     out = {"stage": stage, "suggestion": float(sug.valley), "data_fingerprint": exp.fingerprint,
@@ -214,13 +214,7 @@ def _n_frozen(exp: Experiment, stage: int) -> int:
     return exp.cfg.stage1_frozen if stage == 1 else exp.cfg.stage2_frozen
 
 
-def _maybe_quiet(learn, quiet: bool):
-    from contextlib import nullcontext
-
-    return learn.no_bar() if quiet else nullcontext()
-
-
-def _fit(learn, exp: Experiment, stage: int, s1: StageResult | None, quiet: bool
+def _fit(learn, exp: Experiment, stage: int, s1: StageResult | None
          ) -> tuple[float, list[dict[str, float]]]:
     """Train with the one-cycle policy; discriminative LRs when the body is pretrained.
 
@@ -235,7 +229,7 @@ def _fit(learn, exp: Experiment, stage: int, s1: StageResult | None, quiet: bool
     n_frozen = _n_frozen(exp, stage)
     history: list[dict[str, float]] = []
     learn.add_cb(EpochLog(stage, epochs))
-    with _maybe_quiet(learn, quiet):
+    with learn.no_bar():
         if pretrained and n_frozen < learn.model.n_groups - 1 and epochs > 1:
             # Transfer learning: head first (body frozen), then unfreeze down to n_frozen
             # with smaller rates for earlier groups.
@@ -299,21 +293,21 @@ def require_stage(exp: Experiment, stage: int) -> StageResult:
     return hit
 
 
-def train_stage1(exp: Experiment, *, quiet: bool = True, force: bool = False) -> StageResult:
+def train_stage1(exp: Experiment, *, force: bool = False) -> StageResult:
     """Stage I: cross-entropy classifier on the seen classes. Reads the experiment; writes
     ``stage1.pth`` (+ ``.json``). A finished Stage I for this config is loaded, not retrained."""
-    return _train_stage(exp, 1, None, quiet, force)
+    return _train_stage(exp, 1, None, force)
 
 
-def train_stage2(exp: Experiment, s1: StageResult, *, quiet: bool = True, force: bool = False
+def train_stage2(exp: Experiment, s1: StageResult, *, force: bool = False
                  ) -> StageResult:
     """Stage II: Stage I's network with a vector-sized head, cosine (or rank) loss onto the
     class word vectors. Reads the experiment and ``s1``; writes ``stage2.pth`` (+ ``.json``)
     and ``snapshots.npz`` (per-epoch embeddings for the PCA figure)."""
-    return _train_stage(exp, 2, s1, quiet, force)
+    return _train_stage(exp, 2, s1, force)
 
 
-def _train_stage(exp: Experiment, stage: int, s1: StageResult | None, quiet: bool,
+def _train_stage(exp: Experiment, stage: int, s1: StageResult | None,
                  force: bool) -> StageResult:
     _require_stage1(stage, s1)
     if not force and (hit := finished_stage(exp, stage)):
@@ -329,7 +323,7 @@ def _train_stage(exp: Experiment, stage: int, s1: StageResult | None, quiet: boo
         snaps = EmbeddingSnapshots(x)
         learn.add_cb(snaps)
     t0 = time.perf_counter()
-    lr, hist = _fit(learn, exp, stage, s1, quiet)
+    lr, hist = _fit(learn, exp, stage, s1)
     meta = _meta(exp, stage, lr, hist, time.perf_counter() - t0)
     if snaps is not None:
         cfg.run_dir.mkdir(parents=True, exist_ok=True)
@@ -345,7 +339,6 @@ def snapshot_batch(exp: Experiment) -> tuple[torch.Tensor, list[str], list[str]]
     df = df.assign(order=(df["split"] != "valid").astype(int)).sort_values(["cls", "order", "path"])
     pick = df.groupby("cls", sort=True).head(exp.cfg.snapshot_per_class)
     tf = image_transform(exp.cfg.image_size)
-    from PIL import Image
 
     xs = []
     for p in pick["path"]:

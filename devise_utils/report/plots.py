@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 from PIL import Image
+from sklearn.decomposition import PCA
 
 
 def lr_find_plot(res: dict) -> Figure:
@@ -106,8 +107,6 @@ def pca_convergence(snapshots: str | Path, class_vecs: dict[str, np.ndarray],
     One PCA (scikit-learn) is fitted on the word vectors and every shown image vector
     together, so panels share axes and convergence is visible.
     """
-    from sklearn.decomposition import PCA
-
     z = np.load(snapshots)
     emb, labels = z["emb"], z["labels"]
     epochs = [e if e > 0 else emb.shape[0] + e + 1 for e in epochs]

@@ -201,10 +201,6 @@ def tables(res: dict[str, Any]) -> list[Table]:
                                                     "train_s"]),
                          note="Chosen on the seen-class columns (Stage II top-1); the zero-shot "
                               "column is shown, never used to choose."))
-    if s2.get("bn_ablation"):
-        out.append(Table("bn", "Final BatchNorm in the head: ablation", s2["bn_ablation"],
-                         _present(s2["bn_ablation"], ["final_bn", "stage1_accuracy", "top1",
-                                                      "top5", "zsl_top1"])))
     p = res.get("05_pca") or {}
     epochs = p.get("epochs", p.get("epoch"))
     if epochs and p.get("mean_cos_own"):

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from devise_utils.data.vectors import normalize
+from devise_utils.study.metrics import mean_per_class_accuracy
 
 DEFAULT_LAMBDAS = tuple(float(x) for x in np.logspace(-1, 5, 13))
 
@@ -74,8 +75,9 @@ def zero_shot_per_class_top1(emb: np.ndarray, y: np.ndarray, class_vecs: np.ndar
     y = np.asarray(y)
     m = np.isin(y, cand)
     s = normalize(emb[m]) @ normalize(class_vecs[cand]).T
-    pred = cand[s.argmax(1)]
-    return float(np.mean([np.mean(pred[y[m] == c] == c) for c in np.unique(y[m])]))
+    position = {c: i for i, c in enumerate(cand)}
+    truth = np.array([position[c] for c in y[m]])
+    return mean_per_class_accuracy(s.argmax(1), truth, len(cand))
 
 
 # --- ridge linear map --------------------------------------------------------------------------

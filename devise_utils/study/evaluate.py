@@ -13,14 +13,16 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
+from scipy.special import softmax
 
 from devise_utils.data.experiment import Experiment
 from devise_utils.model.backbones import count_params
 from devise_utils.model.predict import embed_paths
 from devise_utils.model.train import StageResult
+from devise_utils.study import metrics as M
+from devise_utils.study.baselines import conse_embed, fit_linear_map
 from devise_utils.study.results import BASELINES, DEVISE_NAME
-
-from . import metrics as M
 
 
 def embed_table(table: pd.DataFrame, model, batch_size: int, device: str = "cpu",
@@ -42,8 +44,6 @@ def image_embeddings(exp: Experiment, s2: StageResult, device: str = "cpu") -> p
 
 def backbone_features(exp: Experiment, model, device: str = "cpu") -> pd.DataFrame:
     """Pooled body features (before the head) of every image: the linear map's input."""
-    import torch
-
     feats = torch.nn.Sequential(model.body, torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
     feats.image_size = model.image_size
     return embed_table(exp.table, feats, exp.cfg.batch_size, device, normalize=False)
@@ -51,10 +51,6 @@ def backbone_features(exp: Experiment, model, device: str = "cpu") -> pd.DataFra
 
 def conse_vectors(exp: Experiment, logits: pd.DataFrame, top: int) -> pd.DataFrame:
     """ConSE image vectors from Stage I's softmax over the seen classes (no Stage II)."""
-    from scipy.special import softmax
-
-    from devise_utils.study.baselines import conse_embed
-
     vecs = conse_embed(softmax(stack(logits), axis=1), exp.class_vectors(exp.seen), top)
     return logits.assign(emb=list(vecs))
 
@@ -62,8 +58,6 @@ def conse_vectors(exp: Experiment, logits: pd.DataFrame, top: int) -> pd.DataFra
 def linear_map_vectors(exp: Experiment, features: pd.DataFrame) -> pd.DataFrame:
     """Ridge map from features to class vectors, fitted on the train images of the seen
     classes (lambda by leave-classes-out among them); applied to the valid/unseen images."""
-    from devise_utils.study.baselines import fit_linear_map
-
     train = features[features["split"] == "train"]
     idx = {c: i for i, c in enumerate(exp.seen)}
     lm = fit_linear_map(stack(train), train["cls"].map(idx).to_numpy(),

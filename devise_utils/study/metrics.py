@@ -66,7 +66,7 @@ def zero_shot_from_scores(s: np.ndarray, y: Sequence[str], candidates: Sequence[
     pred = s.argmax(1)
     pc = per_class_accuracy(pred, yi, len(candidates))
     return {
-        "per_class_top1": float(np.nanmean(pc)),
+        "per_class_top1": mean_per_class_accuracy(pred, yi, len(candidates)),
         **topk_accuracy(s, yi),
         "per_class": {c: (None if np.isnan(a) else float(a)) for c, a in zip(candidates, pc)},
         "n_images": len(yi),

@@ -21,8 +21,26 @@ import numpy as np
 import pandas as pd
 
 from devise_utils.core.config import Config, make_config
-from devise_utils.core.files import read_json, write_json
+from devise_utils.core.files import atomic_write, read_json, write_json
 from devise_utils.data.experiment import Experiment, experiment
+from devise_utils.model.backbones import build_model
+from devise_utils.model.train import (
+    finished_stage,
+    lr_find,
+    require_stage,
+    train_stage1,
+    train_stage2,
+)
+from devise_utils.study import evaluate as E
+from devise_utils.study import metrics as M
+from devise_utils.study.evaluate import (
+    backbone_features,
+    conse_vectors,
+    embed_table,
+    image_embeddings,
+    linear_map_vectors,
+    stack,
+)
 
 
 class Run:
@@ -50,36 +68,32 @@ class Run:
 
     # -- training (the only steps that train) -------------------------------------------------
 
-    def train_stage1(self, quiet: bool = True):
+    def train_stage1(self):
         """Stage I: reads the data; writes ``<runs>/<backbone>-s1-<key>/stage1.pth``.
         Loads a finished Stage I of this config instead of training it again."""
-        from devise_utils.model.train import finished_stage, train_stage1
-
         if 1 not in self._stages:
             hit = finished_stage(self.data, 1)
             if hit is None:
                 self.log(f"Stage I: training {self.cfg.stage1_epochs} epochs "
                          f"-> {self.cfg.stage_dir(1)}", flush=True)
-            self._stages[1] = hit or train_stage1(self.data, quiet=quiet)
+            self._stages[1] = hit or train_stage1(self.data)
         return self._stages[1]
 
-    def train_stage2(self, quiet: bool = True):
+    def train_stage2(self):
         """Stage II: reads the data and Stage I; writes ``.../stage2.pth`` and
         ``snapshots.npz``. Loads a finished Stage II of this config instead."""
-        from devise_utils.model.train import finished_stage, train_stage2
-
         if 2 not in self._stages:
             hit = finished_stage(self.data, 2)
             if hit is None:
                 self.log(f"Stage II: training {self.cfg.stage2_epochs} epochs "
                          f"-> {self.cfg.run_dir}", flush=True)
-            self._stages[2] = hit or train_stage2(self.data, self.stage1, quiet=quiet)
+            self._stages[2] = hit or train_stage2(self.data, self.stage1)
         return self._stages[2]
 
-    def train(self, quiet: bool = True) -> Run:
+    def train(self) -> Run:
         """Both stages (each loaded when already trained); returns the run."""
-        self.train_stage1(quiet)
-        self.train_stage2(quiet)
+        self.train_stage1()
+        self.train_stage2()
         return self
 
     @property
@@ -93,7 +107,6 @@ class Run:
         return self._stage(2)
 
     def _stage(self, n: int):
-        from devise_utils.model.train import require_stage
 
         if n not in self._stages:
             self._stages[n] = require_stage(self.data, n)
@@ -101,8 +114,6 @@ class Run:
 
     def lr_find(self, stage: int = 1) -> dict[str, Any]:
         """fastai's LR range test (Stage II's needs the trained Stage I); cached as JSON."""
-        from devise_utils.model.train import lr_find
-
         return lr_find(self.data, stage, self.stage1 if stage == 2 else None)
 
     # -- what the trained stages produce ------------------------------------------------------
@@ -111,8 +122,6 @@ class Run:
     def embeddings(self) -> pd.DataFrame:
         """Stage II embedding of every image (path, cls, split, emb). Reads stage2.pth;
         writes ``embeddings.npz`` in the run folder (reused while stage2.pth is unchanged)."""
-        from devise_utils.study.evaluate import image_embeddings
-
         s2 = self.stage2
         return self._cached_frame(self.cfg.run_dir / "embeddings.npz", s2.path,
                                   lambda: image_embeddings(self.data, s2, self.device))
@@ -121,8 +130,6 @@ class Run:
     def stage1_logits(self) -> pd.DataFrame:
         """Stage I outputs (seen-class logits) of the valid and unseen images. Reads
         stage1.pth; writes ``logits.npz`` in the Stage I folder."""
-        from devise_utils.study.evaluate import embed_table
-
         s1, t = self.stage1, self.data.table
 
         def compute() -> pd.DataFrame:
@@ -136,9 +143,6 @@ class Run:
         """Pooled backbone features of every image for the linear-map baseline: the frozen
         pretrained body when there are weights, else Stage I's body (the only trained one).
         Reads the weights (or stage1.pth); writes ``features.npz`` in the Stage I folder."""
-        from devise_utils.model.backbones import build_model
-        from devise_utils.study.evaluate import backbone_features
-
         s1, cfg = self.stage1, self.cfg
 
         def compute() -> pd.DataFrame:
@@ -154,8 +158,6 @@ class Run:
             return pd.DataFrame({"path": z["paths"], "cls": z["cls"], "split": z["split"],
                                  "emb": list(z["emb"])})
         df = compute()
-        from devise_utils.core.files import atomic_write
-        from devise_utils.study.evaluate import stack
 
         atomic_write(path, lambda p: np.savez_compressed(
             p.open("wb"), emb=stack(df), paths=df["path"].to_numpy(str),
@@ -169,8 +171,6 @@ class Run:
         trained stages (NotTrainedError otherwise); never trains, except the calibration
         round (``calibrate``), a separate Run on the seen classes that :meth:`calibration`
         trains explicitly and says so."""
-        from . import evaluate as E
-
         path = self.cfg.run_dir / f"metrics-{self._eval_key(baselines, calibrate)}.json"
         s2 = self.stage2
         if path.is_file() and path.stat().st_mtime >= s2.path.stat().st_mtime:
@@ -203,8 +203,6 @@ class Run:
         """ConSE (from Stage I, no Stage II) and the linear map (ridge on frozen features,
         lambda by leave-classes-out on seen classes) as word-space vectors of the valid and
         unseen images: the same images DeViSE is scored on."""
-        from devise_utils.study.evaluate import conse_vectors, linear_map_vectors
-
         return {"conse": conse_vectors(self.data, self.stage1_logits, self.cfg.conse_top),
                 "linear": linear_map_vectors(self.data, self.features)}
 
@@ -233,10 +231,6 @@ class Run:
 def _round_scores(exp: Experiment, emb: pd.DataFrame) -> dict[str, np.ndarray]:
     """Scores of a calibration round: its held-out images (valid of the kept classes and
     every image of the pseudo-unseen ones) against all of its class vectors."""
-    from devise_utils.study.evaluate import stack
-
-    from . import metrics as M
-
     test = emb[emb["split"].isin(["valid", "unseen"])]
     cols = np.arange(len(exp.classes)) >= len(exp.seen)
     y = np.array([exp.classes.index(c) for c in test["cls"]])

@@ -13,6 +13,7 @@ from typing import Any
 import pandas as pd
 
 from devise_utils.core.config import Config
+from devise_utils.model.train import class_weights
 from devise_utils.study.analysis import has_proposed_split
 from devise_utils.study.run import Run
 
@@ -69,8 +70,6 @@ def balance_sweep(cfg: Config, **metrics_kw: Any) -> pd.DataFrame:
     """Class balancing (inverse-frequency loss weights) against the plain run, on the sweep
     budget. Where that budget's training classes are already balanced (every weight within
     5 % of 1), a weighted run would only repeat the plain one, so it is not trained."""
-    from devise_utils.model.train import class_weights
-
     w = class_weights(Run(sweep_config(cfg, balance="none")).data)
     values = ["none"] if float(w.max() - w.min()) < 0.05 else ["none", "weights"]
     return sweep(cfg, "balance", values, **metrics_kw)
