@@ -44,7 +44,7 @@ from devise_utils.data.vectors import load_vectors, parts  # noqa: E402
 from devise_utils.model.losses import CosineLoss, RankLoss  # noqa: E402
 from devise_utils.model.train import _stage_model, dataloaders, seed_everything  # noqa: E402
 from devise_utils.study import metrics as M  # noqa: E402
-from devise_utils.study.evaluate import conse_vectors, embed_table, stack  # noqa: E402
+from devise_utils.study.evaluate import conse_vectors, embed_table  # noqa: E402
 from devise_utils.study.run import Run  # noqa: E402
 
 SHARED = Path(os.environ.get("DEVISE_SHARED", ROOT.parent / "shared"))
@@ -99,8 +99,7 @@ def cached_features(run: Run, path: Path, n_aug: int) -> dict:
             for xb, yb in train:
                 ax.append(body(xb.as_subclass(torch.Tensor)).numpy())
                 ay.append(yb.as_subclass(torch.Tensor).numpy())
-    d = {"X": stack(feats), "cls": feats["cls"].to_numpy(str),
-         "split": feats["split"].to_numpy(str),
+    d = {"X": feats.X, "cls": feats.cls, "split": feats.split,
          "AX": np.concatenate(ax), "AY": np.concatenate(ay), "seen": np.array(exp.seen),
          "unseen": np.array(exp.unseen), "V": exp.class_vectors()}
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -208,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
         row = {"variant": f"ConSE T={T} (Stage I only)"}
         for k, d in data.items():
             vecs = conse_vectors(runs[k].data, runs[k].stage1_logits, T)  # as notebook 06
-            emb, split, cls = stack(vecs), vecs["split"].to_numpy(str), vecs["cls"].to_numpy(str)
+            emb, split, cls = vecs.X, vecs.split, vecs.cls
             for how in ("cosine", "csls", "centred"):
                 row[f"{k}_{how}"] = zsl(d, emb, split, cls, how)
             row[f"{k}_seen_top1"] = seen_top1(d, emb, split, cls)

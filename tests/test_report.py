@@ -16,6 +16,7 @@ import pytest
 
 from devise_utils.report import build, check, tables
 from devise_utils.report import html as html_
+from devise_utils.study.results import RecordError, check_record
 
 CHROMIUM = check.find_chromium()
 ENV = {"python": "3.11.9", "torch": "2.14.1", "device": "cpu (x86_64)", "platform": "Linux"}
@@ -56,24 +57,26 @@ def fake_results(baselines: bool = True) -> dict:
           "gzsl": gz,
           "balance": [{"balance": "none", **summary_row("squeezenet1_1")},
                       {"balance": "weights", **summary_row("squeezenet1_1", top1=0.703)}],
-          "split_caveat": [], "proposed": None}
+          "split_caveat": [], "proposed": None,
+          "methods": [{"method": "DeViSE (Stage II)", "zsl_top1": 0.5908}]}  # a display copy
     if baselines:
         for name, top1 in (("conse", 0.4412), ("linear", 0.3876)):
             zs[name] = {"zero_shot": {"per_class_top1": top1, "chance": 1 / 6,
                                       "per_class": {"zebra": top1}},
                         "gzsl": {"seen": 0.65, "unseen": 0.05, "H": 0.0929, "best_H": 0.25,
                                  "H_calibrated": 0.2, "gamma": 0.3, "AUSUC": 0.15}}
-        zs["methods"] = [{"method": "DeViSE (Stage II)", "zsl_top1": 0.5908}]  # a display copy
     return {
         "00_data": {"dataset": "builtin", "split": "standard",
                     "seen": [f"seen{i}" for i in range(18)],
                     "unseen": ["zebra", "okapi", "c3", "c4", "c5", "c6"],
                     "n_images": {"train": 900, "valid": 101, "unseen": 333},
-                    "vectors": "data/builtin/vectors.vec", "dim": 300},
+                    "vectors": "data/builtin/vectors.vec", "dim": 300, "weights": "none",
+                    "image_size": 64},
         "01_lr_find": {"stage1_suggestion": 0.0012, "stage1_lr": 0.003},
         "02_stage1": {"accuracy": 0.6931, "per_class": {}, "frozen_sweep": [
             {"stage": "I", "stage1_frozen": 0, "stage2_frozen": 0, **summary_row("x")}]},
         "03_stage2": {"top1": 0.7129, "top3": 0.9901, "top5": 0.9901, "top10": 1.0,
+                      "per_class_top1": 0.7, "model_path": "runs/x/stage2.pth",
                       "summary": summary_row("squeezenet1_1"),
                       "ablations": [{"variant": "this run", **summary_row("squeezenet1_1")},
                                     {"variant": "loss rank", **summary_row("squeezenet1_1",
@@ -81,10 +84,11 @@ def fake_results(baselines: bool = True) -> dict:
         "04_backbones": [summary_row("squeezenet1_1", epochs="5+3"),
                          summary_row("resnet34", params_m=21.8, mb=87.9, epochs="5+3")],
         "05_pca": {"epoch": [1, 2, 3], "mean_cos_own": [0.2, 0.5, 0.8],
-                   "mean_cos_nearest_other": [0.1, 0.2, 0.3]},
+                   "mean_cos_nearest_other": [0.1, 0.2, 0.3], "top1": [0.3, 0.6, 0.9]},
         "06_zero_shot": zs,
         "07_search": {"k": 10, "n_images": 1334, "text_to_image_p@10_seen": 0.8,
-                      "text_to_image_p@10_unseen": 0.4, "image_to_image_p@10_unseen": 0.5},
+                      "text_to_image_p@10_unseen": 0.4, "image_to_image_p@10_unseen": 0.5,
+                      "chance_unseen": 0.17},
     }
 
 
@@ -230,3 +234,17 @@ def test_index_html_renders_in_headless_chromium(built, tmp_path):
     (built / "index.html").write_text(page)
     with pytest.raises(check.ReportCheckError, match="did not load"):
         check.check_report(built, allow_missing=True)
+
+
+def test_a_record_that_drifts_from_its_schema_is_an_error_naming_the_keys():
+    res = fake_results()
+    good = tables.tables(res)
+    assert {t.key for t in good} >= {"stage1", "zero_shot", "baselines", "pca", "search"}
+    drifted = {**res, "03_stage2": {**res["03_stage2"], "bn_ablation": []}}
+    with pytest.raises(RecordError, match=r"unknown \['bn_ablation'\]"):
+        tables.tables(drifted)
+    missing = {**res, "07_search": {k: v for k, v in res["07_search"].items() if k != "k"}}
+    with pytest.raises(RecordError, match=r"missing \['k'\]"):
+        tables.tables(missing)
+    with pytest.raises(RecordError, match="unknown record '09_new'"):
+        check_record("09_new", {})

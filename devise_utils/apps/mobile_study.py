@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from devise_utils.apps.mobile_bench import mobile_table as export_table
@@ -41,9 +40,9 @@ def int8_zero_shot(run: Run) -> dict[str, Any]:
     ONNX vs int8 ExecuTorch, on the run's unseen images (calibrated on seen training images)."""
 
     exp, model = run.data, run.stage2.model()
-    unseen = run.embeddings[run.embeddings["split"] == "unseen"]
-    return quantized_zero_shot(model, unseen["path"].tolist(), unseen["cls"].tolist(),
+    unseen = run.embeddings.of("unseen")
+    return quantized_zero_shot(model, unseen.path.tolist(), unseen.cls.tolist(),
                                exp.unseen, exp.class_vectors(exp.unseen),
                                exp.sample_paths(32, split="train"), model.image_size,
-                               fp32_emb=np.stack(unseen["emb"].to_list()),
+                               fp32_emb=unseen.X,
                                executorch="executorch" in run.cfg.mobile_formats)

@@ -185,41 +185,47 @@ def _minutes(s: float | None) -> str:
     return f"{s:.1f} s" if s < 60 else f"{int(s // 60)} min {int(round(s % 60))} s"
 
 
+def _run_state(status: dict[str, Any], n_notebooks: int, device: str) -> str:
+    """One line: how far the run got, in what time, on what device."""
+    esc, st = html.escape, status.get("notebooks", {})
+    if status.get("failed"):
+        return (f'<p class="fail">The run <b>stopped at {esc(status["failed"])}</b>; the '
+                "tables and figures below hold what finished.</p>")
+    n_ok = sum(1 for s in st.values() if s.get("ok"))
+    secs = status.get("seconds", sum(s.get("seconds") or 0 for s in st.values()))
+    return (f'<p class="sub">{n_ok} of {n_notebooks} notebooks ran, in '
+            f"{_minutes(secs)}, on {esc(device)}.</p>")
+
+
+def _notebook_rows(status: dict[str, Any], notebook_names: Sequence[str]) -> str:
+    """A row per notebook: its HTML, ok or failed, its time and error."""
+    esc, st, rows = html.escape, status.get("notebooks", {}), []
+    for nb in notebook_names:
+        s = st.get(nb)
+        stem = esc(nb[:-6] if nb.endswith(".ipynb") else nb)
+        if s is None:
+            rows.append(f'<tr><td>{stem}</td><td class="skip">not run</td><td></td>'
+                        "<td></td></tr>")
+            continue
+        mark = '<span class="ok">ok</span>' if s.get("ok") else '<span class="bad">failed</span>'
+        rows.append(f'<tr><td><a href="{stem}.html">{stem}</a></td><td>{mark}</td>'
+                    f'<td class="num">{esc(_minutes(s.get("seconds")))}</td>'
+                    f"<td>{esc(s.get('error') or '')}</td></tr>")
+    return "\n".join(rows)
+
+
 def index_html(res: dict[str, Any], notebook_names: Sequence[str],
                figures: dict[str, list[Figure]] | None = None) -> str:
     """index.html: the poster-vs-run tables, the key figures (embedded), the dataset,
     split and environment, and each notebook's HTML with its status and time."""
     esc = html.escape
     status = res.get("status", {})
-    st = status.get("notebooks", {})
     data = res.get("00_data", {})
     env = res.get("environment", {})
     dataset, split, classes = dataset_line(res)
     all_tables = tables(res)
-
-    n_ok = sum(1 for s in st.values() if s.get("ok"))
-    if status.get("failed"):
-        state = (f'<p class="fail">The run <b>stopped at {esc(status["failed"])}</b>; the '
-                 "tables and figures below hold what finished.</p>")
-    else:
-        secs = status.get("seconds", sum(s.get("seconds") or 0 for s in st.values()))
-        state = (f'<p class="sub">{n_ok} of {len(notebook_names)} notebooks ran, in '
-                 f"{_minutes(secs)}, on {esc(str(env.get('device', '?')))}.</p>")
+    state = _run_state(status, len(notebook_names), str(env.get("device", "?")))
     awa2 = "" if data.get("dataset") == "awa2" else f'<p class="warn">{esc(AWA2_NOTE)}</p>'
-
-    nb_rows = []
-    for nb in notebook_names:
-        s = st.get(nb)
-        stem = esc(nb[:-6] if nb.endswith(".ipynb") else nb)
-        if s is None:
-            nb_rows.append(f'<tr><td>{stem}</td><td class="skip">not run</td><td></td>'
-                           "<td></td></tr>")
-            continue
-        mark = '<span class="ok">ok</span>' if s.get("ok") else '<span class="bad">failed</span>'
-        nb_rows.append(f'<tr><td><a href="{stem}.html">{stem}</a></td><td>{mark}</td>'
-                       f'<td class="num">{esc(_minutes(s.get("seconds")))}</td>'
-                       f"<td>{esc(s.get('error') or '')}</td></tr>")
-
     n_img = data.get("n_images", {})
     ds_rows = {"dataset": dataset, "split": split, "classes": classes,
                "images": ", ".join(f"{k} {v}" for k, v in n_img.items()) or "?",
@@ -228,7 +234,6 @@ def index_html(res: dict[str, Any], notebook_names: Sequence[str],
                "word vectors": f"{data.get('vectors', '?')}"
                                + (f" ({data['dim']}-d)" if data.get("dim") else "")}
     params = {k: v for k, v in status.get("params", {}).items() if k != "report_dir"}
-
     glance = [t for t in all_tables if t.glance]
     rest = [t for t in all_tables if not t.glance]
     figs = _figures_html(figures or {})
@@ -258,7 +263,7 @@ def index_html(res: dict[str, Any], notebook_names: Sequence[str],
 <h2 id="notebooks">Notebooks</h2>
 <table><thead><tr><th>notebook</th><th>status</th><th>time</th><th>error</th></tr></thead>
 <tbody>
-{chr(10).join(nb_rows)}
+{_notebook_rows(status, notebook_names)}
 </tbody></table>
 <h2 id="more">More tables</h2>
 <details><summary>Ablations, splits, search and mobile export ({len(rest)} tables, as in

@@ -10,24 +10,29 @@ from dataclasses import dataclass
 from typing import Any
 
 from devise_utils.report.poster import POSTER
-from devise_utils.study.results import BASELINES, DEVISE_NAME
+from devise_utils.study.results import (
+    BASELINES,
+    DEVISE_NAME,
+    is_fraction,
+    method_row,
+    read_records,
+)
 
-#: Columns holding fractions that read best as percentages.
-PCT = {"poster", "this run", "chance", "stage1_accuracy", "top1", "top3", "top5", "top10",
-       "top-3", "top-5", "zsl_top1", "gzsl_seen", "gzsl_unseen", "gzsl_H", "gzsl_AUSUC",
-       "seen acc", "unseen acc", "H", "H calibrated", "H (oracle calibration)", "AUSUC",
-       "zsl_top1_fp32", "zsl_top1_int8", "change", "chance_unseen",
-       "text_to_image_p@10_seen", "text_to_image_p@10_unseen", "image_to_image_p@10_unseen",
-       "zero-shot top-1", "GZSL seen", "GZSL unseen", "H (uncalibrated)",
-       "H oracle (upper bound)", "H_oracle_upper_bound"}
-
-
-#: Column-name endings that also mark fractions (sweep rows grow per-method columns).
-PCT_SUFFIXES = ("_zsl_top1", "_accuracy", "_H", "_H_calibrated", "_AUSUC", "_seen", "_unseen")
+#: Column headers as the reader sees them (the records use the short names).
+LABELS = {"zsl_top1": "zero-shot top-1", "gzsl_seen": "GZSL seen", "gzsl_unseen": "GZSL unseen",
+          "gzsl_H": "H (uncalibrated)", "gzsl_H_calibrated": "H calibrated", "gamma": "γ",
+          "gzsl_AUSUC": "AUSUC", "gzsl_H_oracle": "H oracle (upper bound)"}
+#: Columns of the report's own making that hold fractions (the records' are in FRACTIONS).
+SHOWN_AS_PCT = {"poster", "this run", "top-3", "top-5", "seen acc", "unseen acc", "H",
+                "H calibrated", "H (oracle calibration)", "AUSUC"}
 
 
 def _is_pct(column: str) -> bool:
-    return column in PCT or column.endswith(PCT_SUFFIXES)
+    return column in SHOWN_AS_PCT or is_fraction(column)
+
+
+def _label(column: str) -> str:
+    return LABELS.get(column, column)
 
 
 @dataclass
@@ -61,7 +66,7 @@ def md_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = Non
     if not rows:
         return "_(none)_\n"
     cols = list(columns or rows[0].keys())
-    out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    out = ["| " + " | ".join(_label(c) for c in cols) + " |", "|" + "---|" * len(cols)]
     out += ["| " + " | ".join(_fmt(r.get(c), _is_pct(c)).replace("|", "\\|") for c in cols)
             + " |" for r in rows]
     return "\n".join(out) + "\n"
@@ -84,136 +89,132 @@ def html_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = N
         attr = f' class="{cls}"' if cls else ""
         return f"<td{attr}>{html.escape(_fmt(r.get(c), _is_pct(c)))}</td>"
 
-    head = "".join(('<th class="num">' if c in num else "<th>") + f"{html.escape(c)}</th>"
+    head = "".join(('<th class="num">' if c in num else "<th>") + f"{html.escape(_label(c))}</th>"
                    for c in cols)
     body = "".join("<tr>" + "".join(td(r, c) for c in cols) + "</tr>\n" for r in rows)
     return f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}</tbody></table>\n"
 
 
 def _present(rows: Sequence[dict[str, Any]], wanted: Sequence[str]) -> list[str]:
-    """The ``wanted`` columns that some row has (records gain and lose columns)."""
+    """The ``wanted`` columns that some row has (sweep rows differ by what they vary)."""
     return [c for c in wanted if any(c in r for r in rows)]
 
 
-def _backbone_rows(res: dict[str, Any]) -> list[dict[str, Any]]:
-    """The main run first, then notebook 04's same-budget comparison rows."""
-    main = ([{**res["03_stage2"]["summary"], "run": "main"}]
-            if "summary" in res.get("03_stage2", {}) else [])
-    return main + [{**r, "run": "comparison"} for r in res.get("04_backbones") or []]
-
-
-def _gzsl_row(method: str, r: dict[str, Any]) -> dict[str, Any]:
-    z, g = r.get("zero_shot") or {}, r.get("gzsl") or {}
-    return {"method": method, "zero-shot top-1": z.get("per_class_top1"),
-            "chance": z.get("chance"), "GZSL seen": g.get("seen"),
-            "GZSL unseen": g.get("unseen"), "H (uncalibrated)": g.get("H"),
-            "H calibrated": g.get("H_calibrated"), "γ": g.get("gamma"),
-            "AUSUC": g.get("AUSUC"),
-            "H oracle (upper bound)": g.get("best_H")}
-
-
 def tables(res: dict[str, Any]) -> list[Table]:
-    """Every table of the report, built once from results.json's content."""
-    out: list[Table] = []
-    data = res.get("00_data", {})
-    rows = _backbone_rows(res)
-    if rows:
-        out.append(Table("stage1", "Stage I: classifier accuracy (seen classes, valid split)", [
-            {"run": r["run"], "backbone": r["backbone"], "weights": r.get("weights"),
-             "epochs": r.get("epochs"),
-             "poster": POSTER.get(r["backbone"], {}).get("stage1_accuracy"),
-             "this run": r.get("stage1_accuracy")} for r in rows], glance=True))
-        trow = []
-        for r in rows:
-            p = POSTER.get(r["backbone"], {})
-            trow.append({"run": r["run"], "backbone": r["backbone"],
-                         **{f"{k} (poster / run)": f"{_fmt(p.get(k), True)} / "
-                                                   f"{_fmt(r.get(k), True)}"
-                            for k in ("top1", "top3", "top5", "top10")}})
-        out.append(Table("stage2", "Stage II: top-k by nearest class word vector (seen "
-                                   "classes, valid split)", trow, glance=True))
-        out.append(Table("size", "Model size", [
-            {"run": r["run"], "backbone": r["backbone"],
-             "params M (poster)": POSTER.get(r["backbone"], {}).get("params_m"),
-             "params M (run)": round(r["params_m"], 2) if "params_m" in r else None,
-             "MB (poster)": POSTER.get(r["backbone"], {}).get("mb"),
-             "MB state dict (run)": round(r["mb"], 2) if "mb" in r else None} for r in rows],
-            glance=True))
-    zs = res.get("06_zero_shot", {})
-    if zs.get("zero_shot"):
-        z = zs["zero_shot"]
-        out.append(Table("zero_shot", "Zero-shot (unseen classes only): per-class mean top-1", [
-            {"split": data.get("split"), "poster": POSTER["zero_shot_per_class_top1"],
-             "this run": z.get("per_class_top1"), "chance": z.get("chance"),
-             "top-3": z.get("top3"), "top-5": z.get("top5")}], glance=True))
-    if zs.get("gzsl"):
-        g = zs["gzsl"]
-        row = {"seen acc": g.get("seen"), "unseen acc": g.get("unseen"), "H": g.get("H")}
-        if "H_calibrated" in g:
-            row.update({"H calibrated": g["H_calibrated"], "γ": g.get("gamma")})
-        row.update({"AUSUC": g.get("AUSUC"), "H (oracle calibration)": g.get("best_H")})
-        out.append(Table("gzsl", "Generalized zero-shot (all classes are candidates)", [row],
-                         note="H is uncalibrated, as in the poster's setting"
-                              + ("; H calibrated subtracts γ from seen-class scores, γ chosen "
-                                 "without unseen-class images" if "H_calibrated" in g else "")
-                              + "; AUSUC (Chao et al. 2016) sweeps the calibration; the "
-                                "oracle H picks it on the test images (an upper bound, not "
-                                "a result).", glance=True))
+    """Every table of the report, built once from results.json's content (each notebook's
+    record checked against its schema first)."""
+    rec = read_records(res)
+    return [*_model_tables(rec), *_zero_shot_tables(rec), *_sweep_tables(rec),
+            *_other_tables(rec)]
+
+
+def _model_tables(rec: dict[str, Any]) -> list[Table]:
+    """Stage I, Stage II and model size: the main run, then notebook 04's comparison."""
+    rows = ([{**rec["03_stage2"]["summary"], "run": "main"}] if "03_stage2" in rec else [])
+    rows += [{**r, "run": "comparison"} for r in rec.get("04_backbones", [])]
+    if not rows:
+        return []
+    poster = {r["backbone"]: POSTER.get(r["backbone"], {}) for r in rows}
+    stage1 = [{"run": r["run"], "backbone": r["backbone"], "weights": r["weights"],
+               "epochs": r["epochs"], "poster": poster[r["backbone"]].get("stage1_accuracy"),
+               "this run": r["stage1_accuracy"]} for r in rows]
+    topk = [{"run": r["run"], "backbone": r["backbone"],
+             **{f"{k} (poster / run)": f"{_fmt(poster[r['backbone']].get(k), True)} / "
+                                       f"{_fmt(r[k], True)}" for k in ("top1", "top3", "top5",
+                                                                       "top10")}}
+            for r in rows]
+    size = [{"run": r["run"], "backbone": r["backbone"],
+             "params M (poster)": poster[r["backbone"]].get("params_m"),
+             "params M (run)": round(r["params_m"], 2),
+             "MB (poster)": poster[r["backbone"]].get("mb"),
+             "MB state dict (run)": round(r["mb"], 2)} for r in rows]
+    return [Table("stage1", "Stage I: classifier accuracy (seen classes, valid split)", stage1,
+                  glance=True),
+            Table("stage2", "Stage II: top-k by nearest class word vector (seen classes, "
+                            "valid split)", topk, glance=True),
+            Table("size", "Model size", size, glance=True)]
+
+
+def _zero_shot_tables(rec: dict[str, Any]) -> list[Table]:
+    """Notebook 06: zero-shot, GZSL and every method beside DeViSE on the same images."""
+    zs = rec.get("06_zero_shot")
+    if not zs:
+        return []
+    z, g = zs["zero_shot"], zs["gzsl"]
+    out = [Table("zero_shot", "Zero-shot (unseen classes only): per-class mean top-1", [
+        {"split": rec.get("00_data", {}).get("split"),
+         "poster": POSTER["zero_shot_per_class_top1"], "this run": z["per_class_top1"],
+         "chance": z["chance"], "top-3": z.get("top3"), "top-5": z.get("top5")}], glance=True)]
+    row = {"seen acc": g["seen"], "unseen acc": g["unseen"], "H": g["H"]}
+    if "H_calibrated" in g:
+        row.update({"H calibrated": g["H_calibrated"], "γ": g.get("gamma")})
+    row.update({"AUSUC": g["AUSUC"], "H (oracle calibration)": g["best_H"]})
+    out.append(Table("gzsl", "Generalized zero-shot (all classes are candidates)", [row],
+                     note="H is uncalibrated, as in the poster's setting"
+                          + ("; H calibrated subtracts γ from seen-class scores, γ chosen "
+                             "without unseen-class images" if "H_calibrated" in g else "")
+                          + "; AUSUC (Chao et al. 2016) sweeps the calibration; the oracle H "
+                            "picks it on the test images (an upper bound, not a result).",
+                     glance=True))
     base = [k for k in BASELINES if zs.get(k)]
-    if base and (zs.get("zero_shot") or zs.get("gzsl")):
+    if base:
         out.append(Table("baselines", "DeViSE vs baselines (zero-shot and generalized "
                                       "zero-shot)",
-                         [_gzsl_row(DEVISE_NAME, zs)]
-                         + [_gzsl_row(BASELINES[k], zs[k]) for k in base],
+                         [method_row(DEVISE_NAME, zs)]
+                         + [method_row(BASELINES[k], zs[k]) for k in base],
                          note="Same images, classes and word vectors for every method. H "
                               "(uncalibrated) is the poster's setting; H calibrated subtracts "
                               "γ from seen-class scores, γ chosen with seen classes held out "
                               "as pseudo-unseen (no unseen-class image used); the oracle H "
                               "picks γ on the test images, so it is an upper bound, not a "
-                              "result.",
-                         glance=True))
+                              "result.", glance=True))
     if zs.get("proposed"):
-        rows_ = zs["proposed"]
-        out.append(Table("proposed", "Standard vs proposed split (Xian et al.)", rows_,
-                         _present(rows_, ["split", "backbone", "weights", "stage1_accuracy",
-                                          "top1", "zsl_top1", "conse_zsl_top1",
-                                          "linear_zsl_top1", "gzsl_H", "gzsl_H_calibrated",
-                                          "gzsl_AUSUC"])))
+        out.append(Table("proposed", "Standard vs proposed split (Xian et al.)", zs["proposed"],
+                         _present(zs["proposed"], [
+                             "split", "backbone", "weights", "stage1_accuracy", "top1",
+                             "zsl_top1", "conse_zsl_top1", "linear_zsl_top1", "gzsl_H",
+                             "gzsl_H_calibrated", "gzsl_AUSUC"])))
     if zs.get("split_caveat"):
         out.append(Table("split_caveat", "Split caveat: unseen classes that ImageNet-1K "
                                          "contains", zs["split_caveat"]))
-    if zs.get("balance"):
-        out.append(Table("balance", "Class balancing (loss weights) vs plain", zs["balance"],
-                         _present(zs["balance"], ["balance", "stage1_accuracy", "top1",
-                                                  "zsl_top1", "gzsl_H", "gzsl_H_calibrated"])))
-    s1 = res.get("02_stage1", {})
-    if s1.get("frozen_sweep"):
-        out.append(Table("frozen", "Frozen layer groups (per stage)", s1["frozen_sweep"],
-                         _present(s1["frozen_sweep"], ["stage", "stage1_frozen",
-                                                       "stage2_frozen", "stage1_accuracy",
-                                                       "top1", "zsl_top1"])))
-    s2 = res.get("03_stage2", {})
-    if s2.get("ablations"):
-        out.append(Table("ablations", "Stage II recipe ablations (one change each)",
-                         s2["ablations"],
-                         _present(s2["ablations"], ["variant", "stage1_accuracy", "top1",
-                                                    "top5", "zsl_top1", "gzsl_H_calibrated",
-                                                    "train_s"]),
+    return out
+
+
+def _sweep_tables(rec: dict[str, Any]) -> list[Table]:
+    """One-change-each rows: class balancing, frozen groups, Stage II recipe ablations."""
+    out = []
+    bal = rec.get("06_zero_shot", {}).get("balance")
+    if bal:
+        out.append(Table("balance", "Class balancing (loss weights) vs plain", bal,
+                         _present(bal, ["balance", "stage1_accuracy", "top1", "zsl_top1",
+                                        "gzsl_H", "gzsl_H_calibrated"])))
+    frozen = rec.get("02_stage1", {}).get("frozen_sweep")
+    if frozen:
+        out.append(Table("frozen", "Frozen layer groups (per stage)", frozen,
+                         _present(frozen, ["stage", "stage1_frozen", "stage2_frozen",
+                                           "stage1_accuracy", "top1", "zsl_top1"])))
+    abl = rec.get("03_stage2", {}).get("ablations")
+    if abl:
+        out.append(Table("ablations", "Stage II recipe ablations (one change each)", abl,
+                         _present(abl, ["variant", "stage1_accuracy", "top1", "top5",
+                                        "zsl_top1", "gzsl_H_calibrated", "train_s"]),
                          note="Chosen on the seen-class columns (Stage II top-1); the zero-shot "
                               "column is shown, never used to choose."))
-    p = res.get("05_pca") or {}
-    epochs = p.get("epochs", p.get("epoch"))
-    if epochs and p.get("mean_cos_own"):
-        other = p.get("mean_cos_nearest_other") or [None] * len(epochs)
+    return out
+
+
+def _other_tables(rec: dict[str, Any]) -> list[Table]:
+    """PCA convergence as numbers, search quality, the phone formats and int8's cost."""
+    out = []
+    if p := rec.get("05_pca"):
         out.append(Table("pca", "PCA convergence: mean cosine of image vectors to their "
                                 "class vector (and to the nearest other)",
                          [{"epoch": e, "mean_cos_own": c, "mean_cos_nearest_other": o}
-                          for e, c, o in zip(epochs, p["mean_cos_own"], other)]))
-    if res.get("07_search"):
-        s = res["07_search"]
-        out.append(Table("search", "Search", s if isinstance(s, list) else [s]))
-    mob = res.get("08_mobile")
-    if mob and mob.get("table"):
+                          for e, c, o in zip(p["epoch"], p["mean_cos_own"],
+                                             p["mean_cos_nearest_other"])]))
+    if s := rec.get("07_search"):
+        out.append(Table("search", "Search", [s]))
+    if mob := rec.get("08_mobile"):
         out.append(Table("mobile", "On a phone: size and single-thread CPU latency (batch 1)", [
             {**r, "params": r["params"] / 1e6, "latency_ms": round(r["latency_ms"], 2),
              "min_cosine": f"{r['min_cosine']:.4f}", "mean_cosine": f"{r['mean_cosine']:.4f}"}
@@ -223,9 +224,8 @@ def tables(res: dict[str, Any]) -> list[Table]:
             note="params in millions; MB on disk; cosine to the PyTorch fp32 outputs on "
                  "sample images. Rows at a size other than the one the models were trained "
                  "at measure latency and size; their int8 parity is out of distribution."))
-        if mob.get("int8_zero_shot"):
-            out.append(Table("int8", "What int8 costs in zero-shot accuracy",
-                             [mob["int8_zero_shot"]]))
+        out.append(Table("int8", "What int8 costs in zero-shot accuracy",
+                         [mob["int8_zero_shot"]]))
     return out
 
 

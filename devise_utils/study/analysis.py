@@ -71,7 +71,7 @@ def search_quality(run: Run, index: Any, k: int = 10) -> dict[str, Any]:
     each unseen image as the query (itself left out). ``index``: an EmbeddingIndex over
     ``run.embeddings`` labelled by path."""
     exp, emb = run.data, run.embeddings
-    cls_of = dict(zip(emb["path"], emb["cls"]))
+    cls_of = dict(zip(emb.path, emb.cls))
 
     def precision(hits: list[list[tuple[str, float]]], truth: list[str]) -> float:
         return float(np.mean([np.mean([cls_of[p] == t for p, _ in h]) for h, t in
@@ -81,11 +81,11 @@ def search_quality(run: Run, index: Any, k: int = 10) -> dict[str, Any]:
     for group, classes in (("seen", exp.seen), ("unseen", exp.unseen)):
         hits = index.search(exp.class_vectors(classes), k)
         out[f"text_to_image_p@{k}_{group}"] = precision(hits, classes)
-    unseen = emb[emb["split"] == "unseen"]
-    hits = index.search(np.stack(unseen["emb"].to_list()), k + 1)
-    hits = [[h for h in hs if h[0] != p][:k] for hs, p in zip(hits, unseen["path"])]
-    out[f"image_to_image_p@{k}_unseen"] = precision(hits, unseen["cls"].tolist())
-    out["chance_unseen"] = float(unseen["cls"].value_counts(normalize=True).pow(2).sum())
+    unseen = emb.of("unseen")
+    hits = index.search(unseen.X, k + 1)
+    hits = [[h for h in hs if h[0] != p][:k] for hs, p in zip(hits, unseen.path)]
+    out[f"image_to_image_p@{k}_unseen"] = precision(hits, unseen.cls.tolist())
+    out["chance_unseen"] = float(pd.Series(unseen.cls).value_counts(normalize=True).pow(2).sum())
     return out
 
 

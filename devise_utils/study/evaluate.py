@@ -22,68 +22,59 @@ from devise_utils.model.predict import embed_paths
 from devise_utils.model.train import StageResult
 from devise_utils.study import metrics as M
 from devise_utils.study.baselines import conse_embed, fit_linear_map
-from devise_utils.study.results import BASELINES, DEVISE_NAME
+from devise_utils.study.embedded import Embedded
+from devise_utils.study.results import BASELINES, DEVISE_NAME, method_row
 
 
 def embed_table(table: pd.DataFrame, model, batch_size: int, device: str = "cpu",
-                normalize: bool = True, num_workers: int = 0) -> pd.DataFrame:
-    """``model``'s output for every readable image of ``table``: path, cls, split, emb
-    (unit vectors, or raw outputs such as logits and features with ``normalize=False``)."""
+                normalize: bool = True, num_workers: int = 0) -> Embedded:
+    """``model``'s output for every readable image of ``table`` (unit vectors, or raw outputs
+    such as logits and features with ``normalize=False``)."""
     out, kept = embed_paths(model, table["path"].tolist(), batch_size, device, num_workers,
                             normalize=normalize)
-    t = table.set_index("path").loc[kept].reset_index()
-    return pd.DataFrame({"path": t["path"], "cls": t["cls"], "split": t["split"],
-                         "emb": list(out)})
+    return Embedded.of_table(table.set_index("path").loc[kept].reset_index(), out)
 
 
-def image_embeddings(exp: Experiment, s2: StageResult, device: str = "cpu") -> pd.DataFrame:
-    """Stage II embeddings of every image of the run: path, cls, split, emb."""
+def image_embeddings(exp: Experiment, s2: StageResult, device: str = "cpu") -> Embedded:
+    """Stage II embeddings of every image of the run."""
     return embed_table(exp.table, s2.model(), exp.cfg.batch_size, device,
                        num_workers=exp.cfg.num_workers)
 
 
-def backbone_features(exp: Experiment, model, device: str = "cpu") -> pd.DataFrame:
+def backbone_features(exp: Experiment, model, device: str = "cpu") -> Embedded:
     """Pooled body features (before the head) of every image: the linear map's input."""
     feats = torch.nn.Sequential(model.body, torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
     feats.image_size = model.image_size
     return embed_table(exp.table, feats, exp.cfg.batch_size, device, normalize=False)
 
 
-def conse_vectors(exp: Experiment, logits: pd.DataFrame, top: int) -> pd.DataFrame:
+def conse_vectors(exp: Experiment, logits: Embedded, top: int) -> Embedded:
     """ConSE image vectors from Stage I's softmax over the seen classes (no Stage II)."""
-    vecs = conse_embed(softmax(stack(logits), axis=1), exp.class_vectors(exp.seen), top)
-    return logits.assign(emb=list(vecs))
+    return logits.with_vectors(
+        conse_embed(softmax(logits.X, axis=1), exp.class_vectors(exp.seen), top))
 
 
-def linear_map_vectors(exp: Experiment, features: pd.DataFrame) -> pd.DataFrame:
+def linear_map_vectors(exp: Experiment, features: Embedded) -> Embedded:
     """Ridge map from features to class vectors, fitted on the train images of the seen
     classes (lambda by leave-classes-out among them); applied to the valid/unseen images."""
-    train = features[features["split"] == "train"]
-    idx = {c: i for i, c in enumerate(exp.seen)}
-    lm = fit_linear_map(stack(train), train["cls"].map(idx).to_numpy(),
-                        exp.class_vectors(exp.seen), seed=exp.cfg.seed)
-    test = features[features["split"].isin(["valid", "unseen"])]
-    return test.assign(emb=list(lm.embed(stack(test))))
+    train = features.of("train")
+    lm = fit_linear_map(train.X, train.labels(exp.seen), exp.class_vectors(exp.seen),
+                        seed=exp.cfg.seed)
+    test = features.of("valid", "unseen")
+    return test.with_vectors(lm.embed(test.X))
 
 
-def stack(df: pd.DataFrame) -> np.ndarray:
-    """The ``emb`` column as one (N, D) array."""
-    return np.stack(df["emb"].to_list()) if len(df) else np.zeros((0, 1), np.float32)
-
-
-def stage1_eval(exp: Experiment, logits: pd.DataFrame) -> dict[str, Any]:
+def stage1_eval(exp: Experiment, logits: Embedded) -> dict[str, Any]:
     """Stage I classifier on the valid split: accuracy, per-class accuracy, confusion.
-    ``logits``: the Stage I outputs of the valid images (an ``emb`` column, seen order)."""
-    idx = {c: i for i, c in enumerate(exp.seen)}
-    y = logits["cls"].map(idx).to_numpy()
-    pred = stack(logits).argmax(1)
+    ``logits``: the Stage I outputs of the valid images (columns in seen order)."""
+    y, pred = logits.labels(exp.seen), logits.X.argmax(1)
     pc = M.per_class_accuracy(pred, y, len(exp.seen))
     return {"accuracy": float(np.mean(pred == y)),
             "per_class": {c: (None if np.isnan(a) else float(a)) for c, a in zip(exp.seen, pc)},
             "confusion": M.confusion(pred, y, len(exp.seen)).tolist(), "n_images": len(y)}
 
 
-def score_method(exp: Experiment, emb: pd.DataFrame, calibration: dict[str, Any] | None = None,
+def score_method(exp: Experiment, emb: Embedded, calibration: dict[str, Any] | None = None,
                  csls_k: int = 0) -> dict[str, Any]:
     """Zero-shot and GZSL numbers of one method from its word-space image vectors.
 
@@ -92,36 +83,34 @@ def score_method(exp: Experiment, emb: pd.DataFrame, calibration: dict[str, Any]
     from which calibrated stacking picks gamma without any unseen-class image.
     ``csls_k`` > 0 rescores zero-shot with CSLS (hubness correction) over the unseen images.
     """
-    valid, unseen = emb[emb["split"] == "valid"], emb[emb["split"] == "unseen"]
+    unseen = emb.of("unseen")
     unseen_vecs = exp.class_vectors(exp.unseen)
-    zsl = M.zero_shot(stack(unseen), unseen["cls"].tolist(), exp.unseen, unseen_vecs)
+    zsl = M.zero_shot(unseen.X, unseen.cls.tolist(), exp.unseen, unseen_vecs)
     if csls_k:
-        s = M.csls_scores(stack(unseen), unseen_vecs, k=csls_k)
-        zsl = M.zero_shot_from_scores(s, unseen["cls"].tolist(), exp.unseen)
-    uidx = {c: i for i, c in enumerate(exp.unseen)}
-    zpred = M.cosine_scores(stack(unseen), unseen_vecs).argmax(1)
-    test = pd.concat([valid, unseen])
-    test_emb, test_y, all_vecs = stack(test), test["cls"].tolist(), exp.class_vectors()
-    gzsl = M.generalized_zero_shot(test_emb, test_y, exp.seen, exp.unseen, all_vecs)
-    curve = M.seen_unseen_curve(test_emb, test_y, exp.seen, exp.unseen, all_vecs)
+        s = M.csls_scores(unseen.X, unseen_vecs, k=csls_k)
+        zsl = M.zero_shot_from_scores(s, unseen.cls.tolist(), exp.unseen)
+    zpred = M.cosine_scores(unseen.X, unseen_vecs).argmax(1)
+    test = emb.of("valid", "unseen")
+    test_y, all_vecs = test.cls.tolist(), exp.class_vectors()
+    gzsl = M.generalized_zero_shot(test.X, test_y, exp.seen, exp.unseen, all_vecs)
+    curve = M.seen_unseen_curve(test.X, test_y, exp.seen, exp.unseen, all_vecs)
     gzsl.update(AUSUC=curve["AUSUC"], best_H=curve["best_H"])
     if calibration is not None:
         cols = np.arange(len(exp.classes)) >= len(exp.seen)
-        yi = np.array([exp.classes.index(c) for c in test_y])
         cal = M.calibrated_gzsl(calibration["val_scores"], calibration["val_y"],
                                 calibration["val_unseen_cols"],
-                                M.cosine_scores(test_emb, all_vecs), yi, cols)
+                                M.cosine_scores(test.X, all_vecs), test.labels(exp.classes), cols)
         gzsl.update(seen_calibrated=cal["seen"], unseen_calibrated=cal["unseen"],
                     H_calibrated=cal["H"], gamma=cal["gamma"])
     return {"zero_shot": zsl, "gzsl": gzsl, "gzsl_curve": curve,
-            "zero_shot_confusion": M.confusion(zpred, unseen["cls"].map(uidx).to_numpy(),
+            "zero_shot_confusion": M.confusion(zpred, unseen.labels(exp.unseen),
                                                len(exp.unseen)).tolist()}
 
 
-def seen_topk(exp: Experiment, emb: pd.DataFrame) -> dict[str, Any]:
+def seen_topk(exp: Experiment, emb: Embedded) -> dict[str, Any]:
     """The poster's Stage II table: top-k of valid images among the seen class vectors."""
-    valid = emb[emb["split"] == "valid"]
-    r = M.zero_shot(stack(valid), valid["cls"].tolist(), exp.seen, exp.class_vectors(exp.seen))
+    valid = emb.of("valid")
+    r = M.zero_shot(valid.X, valid.cls.tolist(), exp.seen, exp.class_vectors(exp.seen))
     return {k: r[k] for k in ("top1", "top3", "top5", "top10", "per_class_top1")}
 
 
@@ -131,17 +120,5 @@ def model_size(s: StageResult) -> dict[str, float]:
 
 def methods_table(r: dict[str, Any]) -> pd.DataFrame:
     """DeViSE and the baselines side by side (zero-shot and GZSL) from :meth:`Run.metrics`."""
-    rows = []
-    names = {"devise": DEVISE_NAME, **BASELINES}
-    for key, res in [("devise", r), *(r.get("baselines") or {}).items()]:
-        z, g = res["zero_shot"], res["gzsl"]
-        rows.append({"method": names.get(key, key), "zsl_top1": z["per_class_top1"],
-                     "chance": z["chance"], "gzsl_seen": g["seen"], "gzsl_unseen": g["unseen"],
-                     "gzsl_H": g["H"], "gzsl_H_calibrated": g.get("H_calibrated"),
-                     "gamma": g.get("gamma"), "gzsl_AUSUC": g["AUSUC"],
-                     "H_oracle_upper_bound": g["best_H"]})
-    return pd.DataFrame(rows)
-
-
-
-
+    return pd.DataFrame([method_row(DEVISE_NAME, r)] + [
+        method_row(BASELINES.get(k, k), res) for k, res in (r.get("baselines") or {}).items()])

@@ -1,13 +1,149 @@
-"""What the study records: the method names and, per notebook, the results it writes.
+"""What the study records: method names, one flat row per method, and per notebook the
+record it writes.
 
-One module that both the notebooks (which write results) and the report (which reads them)
-import, so a name or key is spelled once.
+The notebooks write results with :meth:`Run.record` and the report reads them back; both go
+through :func:`check_record`, so a key spelled differently on the two sides, or one nobody
+writes any more, is an error instead of a table that silently vanishes.
 """
 
-from __future__ import annotations
 
-#: Display names of the zero-shot baselines notebook 06 may record beside DeViSE.
+from typing import Any, NotRequired, TypedDict
+
+#: Display names of the zero-shot methods notebook 06 records beside DeViSE.
 DEVISE_NAME = "DeViSE (Stage II)"
-
-
 BASELINES = {"conse": "ConSE (Stage I, no Stage II)", "linear": "linear map (frozen features)"}
+
+#: The flat row of one method's zero-shot and GZSL numbers (:func:`method_row`).
+METHOD_COLUMNS = ("method", "zsl_top1", "chance", "gzsl_seen", "gzsl_unseen", "gzsl_H",
+                  "gzsl_H_calibrated", "gamma", "gzsl_AUSUC", "gzsl_H_oracle")
+
+#: Columns that hold fractions (the report shows them as percentages).
+FRACTIONS = frozenset({
+    "zsl_top1", "chance", "gzsl_seen", "gzsl_unseen", "gzsl_H", "gzsl_H_calibrated",
+    "gzsl_AUSUC", "gzsl_H_oracle", "stage1_accuracy", "top1", "top3", "top5", "top10",
+    "per_class_top1", "zsl_top1_fp32", "zsl_top1_int8", "fp32_zsl_top1", "onnx_int8_zsl_top1",
+    "pte_int8_zsl_top1", "chance_unseen", "text_to_image_p@10_seen",
+    "text_to_image_p@10_unseen", "image_to_image_p@10_unseen"})
+#: Column endings that also mark fractions (sweep rows carry per-method columns).
+FRACTION_SUFFIXES = ("_zsl_top1", "_accuracy", "_H", "_H_calibrated", "_AUSUC")
+
+
+def is_fraction(column: str) -> bool:
+    return column in FRACTIONS or column.endswith(FRACTION_SUFFIXES)
+
+
+def method_row(method: str, res: dict[str, Any]) -> dict[str, Any]:
+    """One method's headline numbers from its ``zero_shot`` and ``gzsl`` results."""
+    z, g = res["zero_shot"], res["gzsl"]
+    return {"method": method, "zsl_top1": z["per_class_top1"], "chance": z["chance"],
+            "gzsl_seen": g["seen"], "gzsl_unseen": g["unseen"], "gzsl_H": g["H"],
+            "gzsl_H_calibrated": g.get("H_calibrated"), "gamma": g.get("gamma"),
+            "gzsl_AUSUC": g["AUSUC"], "gzsl_H_oracle": g["best_H"]}
+
+
+# --- one typed record per notebook -----------------------------------------------------------
+
+class DataRecord(TypedDict):
+    dataset: str
+    split: str
+    seen: list[str]
+    unseen: list[str]
+    n_images: dict[str, int]
+    vectors: str
+    dim: int
+    weights: str
+    image_size: int
+
+
+class LrFindRecord(TypedDict):
+    stage1_suggestion: float
+    stage1_lr: float | None
+
+
+class Stage1Record(TypedDict):
+    accuracy: float
+    per_class: dict[str, float | None]
+    frozen_sweep: NotRequired[list[dict[str, Any]] | None]
+
+
+class Stage2Record(TypedDict):
+    top1: float
+    top3: float
+    top5: float
+    top10: float
+    per_class_top1: float
+    summary: dict[str, Any]
+    model_path: str
+    ablations: NotRequired[list[dict[str, Any]] | None]
+
+
+class PcaRecord(TypedDict):
+    epoch: list[int]
+    mean_cos_own: list[float]
+    mean_cos_nearest_other: list[float]
+    top1: list[float]
+
+
+class ZeroShotRecord(TypedDict):
+    zero_shot: dict[str, Any]
+    gzsl: dict[str, Any]
+    methods: list[dict[str, Any]]
+    conse: NotRequired[dict[str, Any]]
+    linear: NotRequired[dict[str, Any]]
+    balance: NotRequired[list[dict[str, Any]] | None]
+    split_caveat: NotRequired[list[dict[str, Any]] | None]
+    proposed: NotRequired[list[dict[str, Any]] | None]
+
+
+SearchRecord = TypedDict("SearchRecord", {
+    "k": int, "n_images": int, "text_to_image_p@10_seen": float,
+    "text_to_image_p@10_unseen": float, "image_to_image_p@10_unseen": float,
+    "chance_unseen": float})
+
+
+class MobileRecord(TypedDict):
+    table: list[dict[str, Any]]
+    int8_zero_shot: dict[str, Any]
+
+
+#: Each notebook's record: its name (``results/<name>.json``) and type. ``04_backbones`` is
+#: a list of :func:`~devise_utils.study.sweeps.summary` rows.
+RECORDS: dict[str, type | None] = {
+    "00_data": DataRecord, "01_lr_find": LrFindRecord, "02_stage1": Stage1Record,
+    "03_stage2": Stage2Record, "04_backbones": None, "05_pca": PcaRecord,
+    "06_zero_shot": ZeroShotRecord, "07_search": SearchRecord, "08_mobile": MobileRecord,
+}
+
+
+class RecordError(KeyError):
+    """A notebook's record does not match its schema in :data:`RECORDS`."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; this one is a sentence
+        return str(self.args[0])
+
+
+def check_record(name: str, data: Any) -> Any:
+    """``data`` if it is a valid record ``name``; otherwise a :class:`RecordError` naming the
+    missing or unknown keys and where the schema lives."""
+    if name not in RECORDS:
+        raise RecordError(f"unknown record {name!r}; the records are {', '.join(RECORDS)} "
+                          "(devise_utils/study/results.py)")
+    schema = RECORDS[name]
+    if schema is None:
+        if not isinstance(data, list):
+            raise RecordError(f"record {name!r} is a list of rows, got {type(data).__name__}")
+        return data
+    if not isinstance(data, dict):
+        raise RecordError(f"record {name!r} is a dict, got {type(data).__name__}")
+    missing = sorted(schema.__required_keys__ - data.keys())
+    unknown = sorted(data.keys() - schema.__required_keys__ - schema.__optional_keys__)
+    if missing or unknown:
+        raise RecordError(f"record {name!r} does not match {schema.__name__} in "
+                          f"devise_utils/study/results.py: missing {missing}, unknown {unknown}")
+    return data
+
+
+def read_records(results: dict[str, Any]) -> dict[str, Any]:
+    """The notebook records in a results.json dict, each checked; absent ones left out (a
+    run that stopped early has fewer)."""
+    return {name: check_record(name, results[name]) for name in RECORDS if name in results}

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from devise_utils.core.config import Config, make_config
-from devise_utils.core.files import atomic_write, read_json, write_json
+from devise_utils.core.files import read_json, write_json
 from devise_utils.data.experiment import Experiment, experiment
 from devise_utils.model.backbones import build_model
 from devise_utils.model.train import (
@@ -33,14 +33,15 @@ from devise_utils.model.train import (
 )
 from devise_utils.study import evaluate as E
 from devise_utils.study import metrics as M
+from devise_utils.study.embedded import Embedded
 from devise_utils.study.evaluate import (
     backbone_features,
     conse_vectors,
     embed_table,
     image_embeddings,
     linear_map_vectors,
-    stack,
 )
+from devise_utils.study.results import check_record
 
 
 class Run:
@@ -119,50 +120,38 @@ class Run:
     # -- what the trained stages produce ------------------------------------------------------
 
     @cached_property
-    def embeddings(self) -> pd.DataFrame:
-        """Stage II embedding of every image (path, cls, split, emb). Reads stage2.pth;
-        writes ``embeddings.npz`` in the run folder (reused while stage2.pth is unchanged)."""
+    def embeddings(self) -> Embedded:
+        """Stage II embedding of every image. Reads stage2.pth; writes ``embeddings.npz`` in
+        the run folder (reused while stage2.pth is unchanged)."""
         s2 = self.stage2
-        return self._cached_frame(self.cfg.run_dir / "embeddings.npz", s2.path,
-                                  lambda: image_embeddings(self.data, s2, self.device))
+        return _cached(self.cfg.run_dir / "embeddings.npz", s2.path,
+                       lambda: image_embeddings(self.data, s2, self.device))
 
     @cached_property
-    def stage1_logits(self) -> pd.DataFrame:
+    def stage1_logits(self) -> Embedded:
         """Stage I outputs (seen-class logits) of the valid and unseen images. Reads
         stage1.pth; writes ``logits.npz`` in the Stage I folder."""
         s1, t = self.stage1, self.data.table
 
-        def compute() -> pd.DataFrame:
+        def compute() -> Embedded:
             return embed_table(t[t["split"].isin(["valid", "unseen"])], s1.model(),
                                self.cfg.batch_size, self.device, normalize=False)
 
-        return self._cached_frame(self.cfg.stage_dir(1) / "logits.npz", s1.path, compute)
+        return _cached(self.cfg.stage_dir(1) / "logits.npz", s1.path, compute)
 
     @cached_property
-    def features(self) -> pd.DataFrame:
+    def features(self) -> Embedded:
         """Pooled backbone features of every image for the linear-map baseline: the frozen
         pretrained body when there are weights, else Stage I's body (the only trained one).
         Reads the weights (or stage1.pth); writes ``features.npz`` in the Stage I folder."""
         s1, cfg = self.stage1, self.cfg
 
-        def compute() -> pd.DataFrame:
+        def compute() -> Embedded:
             model = (build_model(cfg.backbone, 1, cfg.weights, image_size=cfg.image_size)
                      if cfg.pretrained else s1.model())
             return backbone_features(self.data, model, self.device)
 
-        return self._cached_frame(cfg.stage_dir(1) / "features.npz", s1.path, compute)
-
-    def _cached_frame(self, path: Path, source: Path, compute) -> pd.DataFrame:
-        if path.is_file() and path.stat().st_mtime >= source.stat().st_mtime:
-            z = np.load(path, allow_pickle=False)
-            return pd.DataFrame({"path": z["paths"], "cls": z["cls"], "split": z["split"],
-                                 "emb": list(z["emb"])})
-        df = compute()
-
-        atomic_write(path, lambda p: np.savez_compressed(
-            p.open("wb"), emb=stack(df), paths=df["path"].to_numpy(str),
-            cls=df["cls"].to_numpy(str), split=df["split"].to_numpy(str)))
-        return df
+        return _cached(cfg.stage_dir(1) / "features.npz", s1.path, compute)
 
     # -- metrics ------------------------------------------------------------------------------
 
@@ -183,7 +172,7 @@ class Run:
             "config": self.cfg.to_dict(), "key": self.cfg.key(), "backbone": self.cfg.backbone,
             "split": self.cfg.split, "seen": exp.seen, "unseen": exp.unseen,
             "n_images": exp.counts,
-            "stage1": E.stage1_eval(exp, logits[logits["split"] == "valid"]),
+            "stage1": E.stage1_eval(exp, logits.of("valid")),
             "stage2": E.seen_topk(exp, self.embeddings),
             **devise,
             "model": E.model_size(s2),
@@ -199,7 +188,7 @@ class Run:
     def _eval_key(self, baselines: bool, calibrate: bool) -> str:
         return f"c{self.cfg.csls_k}-t{self.cfg.conse_top}-b{int(baselines)}-g{int(calibrate)}"
 
-    def baseline_embeddings(self) -> dict[str, pd.DataFrame]:
+    def baseline_embeddings(self) -> dict[str, Embedded]:
         """ConSE (from Stage I, no Stage II) and the linear map (ridge on frozen features,
         lambda by leave-classes-out on seen classes) as word-space vectors of the valid and
         unseen images: the same images DeViSE is scored on."""
@@ -223,17 +212,28 @@ class Run:
     # -- results of notebooks -----------------------------------------------------------------
 
     def record(self, name: str, data: Any) -> Path:
-        """Save a notebook's result (dict or DataFrame) for the report's results.json."""
+        """Save a notebook's result for the report's results.json, checked against its
+        schema (:data:`~devise_utils.study.results.RECORDS`) before it is written."""
+        if isinstance(data, pd.DataFrame):
+            data = data.to_dict(orient="records")
+        check_record(name, data)
         out = Path(self.cfg.report_dir) if self.cfg.report_dir else Path(self.cfg.runs_dir)
         return write_json(out / "results" / f"{name}.json", data)
 
 
-def _round_scores(exp: Experiment, emb: pd.DataFrame) -> dict[str, np.ndarray]:
+def _cached(path: Path, source: Path, compute) -> Embedded:
+    """``compute()``'s vectors, saved at ``path`` and reused while newer than ``source``."""
+    if path.is_file() and path.stat().st_mtime >= source.stat().st_mtime:
+        return Embedded.load(path)
+    emb = compute()
+    emb.save(path)
+    return emb
+
+
+def _round_scores(exp: Experiment, emb: Embedded) -> dict[str, np.ndarray]:
     """Scores of a calibration round: its held-out images (valid of the kept classes and
     every image of the pseudo-unseen ones) against all of its class vectors."""
-    test = emb[emb["split"].isin(["valid", "unseen"])]
+    test = emb.of("valid", "unseen")
     cols = np.arange(len(exp.classes)) >= len(exp.seen)
-    y = np.array([exp.classes.index(c) for c in test["cls"]])
-    return {"val_scores": M.cosine_scores(stack(test), exp.class_vectors()), "val_y": y,
-            "val_unseen_cols": cols}
-
+    return {"val_scores": M.cosine_scores(test.X, exp.class_vectors()),
+            "val_y": test.labels(exp.classes), "val_unseen_cols": cols}

@@ -15,6 +15,7 @@ import pandas as pd
 from devise_utils.core.config import Config
 from devise_utils.model.train import class_weights
 from devise_utils.study.analysis import has_proposed_split
+from devise_utils.study.results import DEVISE_NAME, method_row
 from devise_utils.study.run import Run
 
 
@@ -27,10 +28,8 @@ def summary(r: dict[str, Any]) -> dict[str, Any]:
         "params_m": r["model"]["params"] / 1e6, "mb": r["model"]["mb"],
         "stage1_accuracy": r["stage1"]["accuracy"],
         **{k: r["stage2"][k] for k in ("top1", "top3", "top5", "top10")},
-        "zsl_top1": r["zero_shot"]["per_class_top1"],
-        "gzsl_seen": r["gzsl"]["seen"], "gzsl_unseen": r["gzsl"]["unseen"],
-        "gzsl_H": r["gzsl"]["H"], "gzsl_H_calibrated": r["gzsl"].get("H_calibrated"),
-        "gzsl_AUSUC": r["gzsl"]["AUSUC"], "train_s": r["train_seconds"],
+        **{k: v for k, v in method_row(DEVISE_NAME, r).items() if k != "method"},
+        "train_s": r["train_seconds"],
     }
     for name, b in (r.get("baselines") or {}).items():
         row[f"{name}_zsl_top1"] = b["zero_shot"]["per_class_top1"]
