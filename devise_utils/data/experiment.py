@@ -17,7 +17,14 @@ import numpy as np
 import pandas as pd
 
 from devise_utils.core.config import Config
-from devise_utils.data.awa2 import AwA2, dataset_root, default_vectors, read_awa2, seen_unseen
+from devise_utils.data.awa2 import (
+    AwA2,
+    dataset_root,
+    default_vectors,
+    read_awa2,
+    seen_unseen,
+    spread_sample,
+)
 from devise_utils.data.vectors import WordVectors, load_vectors
 from devise_utils.data.prepare import prepared_table
 from devise_utils.data.awa2 import pseudo_unseen_split
