@@ -123,7 +123,7 @@ def test_prepared_table_drops_skipped_rows(tmp_path, capsys):
     assert "skipped 2 unreadable image(s)" in capsys.readouterr().out
     assert len(t) == 6 + 6 + 3
     assert all(Path(p).is_relative_to(cache_dir_for(cfg, root)) for p in t["path"])
-    assert set(t["split"]) == {"train", "valid", "unseen"}
+    assert set(t["split"]) == {"train", "valid", "test_seen", "unseen"}
     assert set(t.loc[t["split"] == "unseen", "cls"]) == {"okapi"}
 
 

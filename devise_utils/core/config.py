@@ -53,7 +53,7 @@ PRETRAINED_RECIPE: dict[str, Any] = {
     "stage2_frozen": 3,        # Stage II trains the head only: fine-tuning on few images per
     #                            class destroys what transfers
     "loss": "cosine",          # beat the rank loss on held-out seen classes
-    "csls_k": 10,              # hubness correction at inference (+2 points held-out)
+    "csls_k": 10,              # also score zero-shot with CSLS: a "(transductive)" row
     "sweep_max_per_class": 100,  # ablation rows on 100 images per class, to fit a CPU
     "compare_max_per_class": 30,  # backbone comparison: 30 photos per class
 }
@@ -79,7 +79,8 @@ class Config:
     data_dir: str = str(ROOT / "data")  # datasets and the prepared image cache
     vectors: str | None = None        # .vec/.txt/.bin; None = the dataset's default
     split: str = "standard"           # "standard" (trainclasses/testclasses) or "proposed"
-    valid_pct: float = 0.1
+    valid_pct: float = 0.1          # seen images per class kept for every choice
+    test_seen_pct: float = 0.2      # seen images per class kept for GZSL reporting only
     seed: int = 42
     max_per_class: int | None = None  # subsample for quick runs (None = every image)
     cache_size: int = 256             # short side of the prepared image cache
@@ -112,7 +113,7 @@ class Config:
 
     # -- evaluation (does not change a trained model)
     conse_top: int = 10               # ConSE: top-T seen classes mixed into an image vector
-    csls_k: int = 0                   # CSLS hubness correction neighbours (0 = off)
+    csls_k: int = 0                   # CSLS neighbours for the transductive rows (0 = none)
 
     # -- ablation rows and sweeps (notebooks 02, 03, 06): images per class they train on
     sweep_max_per_class: int | None = None  # None = the main run's images
@@ -191,7 +192,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
 }
 #: Inclusive (low, high) bounds of numeric fields; None = unbounded on that side.
 RANGES: dict[str, tuple[float | None, float | None]] = {
-    "valid_pct": (0.01, 0.9), "seed": (0, None), "max_per_class": (2, None),
+    "valid_pct": (0.01, 0.9), "test_seen_pct": (0.0, 0.9), "seed": (0, None),
+    "max_per_class": (2, None),
     "cache_size": (16, 4096), "image_size": (16, 1024), "batch_size": (1, 4096),
     "head_hidden": (1, 65536), "dropout": (0.0, 0.95), "stage1_epochs": (1, 1000),
     "stage2_epochs": (1, 1000), "stage1_frozen": (0, 3), "stage2_frozen": (0, 3),

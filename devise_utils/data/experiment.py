@@ -17,14 +17,21 @@ import numpy as np
 import pandas as pd
 
 from devise_utils.core.config import Config
-from devise_utils.data.awa2 import AwA2, dataset_root, default_vectors, read_awa2, seen_unseen
+from devise_utils.data.awa2 import (
+    SPLITS,
+    AwA2,
+    dataset_root,
+    default_vectors,
+    read_awa2,
+    seen_unseen,
+)
 from devise_utils.data.vectors import WordVectors, load_vectors
 from devise_utils.data.prepare import prepared_table
 from devise_utils.data.awa2 import pseudo_unseen_split
 
 #: Config fields that decide what data a run sees (its images, split and class vectors).
-DATA_FIELDS = ("dataset", "data_dir", "vectors", "split", "valid_pct", "seed", "max_per_class",
-               "cache_size", "holdout_round")
+DATA_FIELDS = ("dataset", "data_dir", "vectors", "split", "valid_pct", "test_seen_pct", "seed",
+               "max_per_class", "cache_size", "holdout_round")
 #: Share of the seen classes a calibration round holds out as pseudo-unseen.
 HOLDOUT_FRACTION = 0.2
 
@@ -50,8 +57,8 @@ class Experiment:
 
     @property
     def counts(self) -> dict[str, int]:
-        """Images per split: train, valid, unseen."""
-        return {s: int((self.table["split"] == s).sum()) for s in ("train", "valid", "unseen")}
+        """Images per split: train, valid, test_seen, unseen."""
+        return {s: int((self.table["split"] == s).sum()) for s in SPLITS}
 
     def images(self, split: str) -> pd.DataFrame:
         return self.table[self.table["split"] == split].reset_index(drop=True)
@@ -89,10 +96,12 @@ def _load(key: str) -> tuple:
 
 def _holdout(seen: list[str], table: pd.DataFrame, seed: int
              ) -> tuple[list[str], list[str], pd.DataFrame]:
-    """A calibration round's data: the real unseen classes dropped, a seeded 20 % of the seen
-    classes relabelled unseen (all their images), the rest kept with their train/valid split."""
+    """A calibration round's data, drawn from the seen classes' train and valid images only:
+    the real unseen classes and every test-seen image dropped, a seeded 20 % of the seen
+    classes relabelled unseen (their train and valid images), the rest kept with their
+    train/valid split. So the gamma it picks never saw a test image."""
     kept, pseudo = pseudo_unseen_split(seen, HOLDOUT_FRACTION, seed)
-    t = table[table["cls"].isin(seen)].copy()
+    t = table[table["cls"].isin(seen) & table["split"].isin(["train", "valid"])].copy()
     t.loc[t["cls"].isin(pseudo), "split"] = "unseen"
     t["seen"] = t["cls"].isin(kept)
     return kept, pseudo, t.reset_index(drop=True)

@@ -129,12 +129,12 @@ class Run:
 
     @cached_property
     def stage1_logits(self) -> Embedded:
-        """Stage I outputs (seen-class logits) of the valid and unseen images. Reads
+        """Stage I outputs (seen-class logits) of every held-out image. Reads
         stage1.pth; writes ``logits.npz`` in the Stage I folder."""
         s1, t = self.stage1, self.data.table
 
         def compute() -> Embedded:
-            return embed_table(t[t["split"].isin(["valid", "unseen"])], s1.model(),
+            return embed_table(t[t["split"] != "train"], s1.model(),
                                self.cfg.batch_size, self.device, normalize=False)
 
         return _cached(self.cfg.stage_dir(1) / "logits.npz", s1.path, compute)
