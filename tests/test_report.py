@@ -248,3 +248,11 @@ def test_a_record_that_drifts_from_its_schema_is_an_error_naming_the_keys():
         tables.tables(missing)
     with pytest.raises(RecordError, match="unknown record '09_new'"):
         check_record("09_new", {})
+
+
+def test_a_comparison_row_at_chance_is_explained():
+    res = fake_results()
+    res["04_backbones"][1]["stage1_accuracy"] = 0.06        # 18 seen classes: chance 5.6 %
+    note = next(t for t in tables.tables(res) if t.key == "stage1").note
+    assert note.startswith("At chance (5.6 %): resnet34") and "not learn" in note
+    assert next(t for t in tables.tables(fake_results()) if t.key == "stage1").note == ""

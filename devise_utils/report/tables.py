@@ -129,10 +129,27 @@ def _model_tables(rec: dict[str, Any]) -> list[Table]:
              "MB (poster)": poster[r["backbone"]].get("mb"),
              "MB state dict (run)": round(r["mb"], 2)} for r in rows]
     return [Table("stage1", "Stage I: classifier accuracy (seen classes, valid split)", stage1,
+                  note=_at_chance_note(rows, len(rec.get("00_data", {}).get("seen", []))),
                   glance=True),
             Table("stage2", "Stage II: top-k by nearest class word vector (seen classes, "
                             "valid split)", topk, glance=True),
             Table("size", "Model size", size, glance=True)]
+
+
+def _at_chance_note(rows: Sequence[dict[str, Any]], n_seen: int) -> str:
+    """Say plainly which rows did not learn (Stage I within 1.5x chance) and why, so a reader
+    does not take an untrained comparison row for a finding."""
+    if not n_seen:
+        return ""
+    chance = 1 / n_seen
+    flat = [r for r in rows if r["stage1_accuracy"] <= 1.5 * chance]
+    if not flat:
+        return ""
+    names = ", ".join(f"{r['backbone']} ({r['weights']}, {r['epochs']} epochs)" for r in flat)
+    return (f"At chance ({100 * chance:.1f} %): {names}. From random weights on this budget "
+            "(the compare_* parameters: few images per class, few epochs) a large network does "
+            "not learn; the row measures the budget, not the backbone. With pretrained weights "
+            "(--weights) or a larger compare_* budget every backbone learns.")
 
 
 def _zero_shot_tables(rec: dict[str, Any]) -> list[Table]:
