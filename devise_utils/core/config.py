@@ -47,7 +47,7 @@ MOBILE_FORMATS = ("onnx", "executorch", "torchscript")
 #: Laid over the defaults when ``weights`` is not "none": the recipe for real photos with
 #: an ImageNet backbone (see README, "Real photos"; chosen on seen-class validation).
 PRETRAINED_RECIPE: dict[str, Any] = {
-    "image_size": 64,          # small photos at their native size (upsampling cost 6x time)
+    "image_size": 0,           # from the photos: their size, capped by the CPU budget below
     "stage1_epochs": 3,        # Stage I fine-tunes the whole body (1 head epoch, then all)
     "stage2_epochs": 4,
     "stage2_frozen": 3,        # Stage II trains the head only: fine-tuning on few images per
@@ -90,7 +90,10 @@ class Config:
     # -- model
     backbone: str = "squeezenet1_1"   # squeezenet1_1 | resnet34 | efficientnet_lite0
     weights: str = "none"             # "none", "imagenet" (torchvision download) or a file
-    image_size: int = 64
+    image_size: int = 64              # 0 = chosen from the photos (see image_size_for)
+    max_image_size: int = 224         # the cap of a size chosen from the photos
+    epoch_pixels: float = 8.2e7       # ... and the pixels one training epoch may cost: 64-px
+    #                                   photos x 20k (tiny-objects-50 fits 60 CPU-minutes)
     batch_size: int = 64
     head_hidden: int = 512
     dropout: float = 0.25
@@ -181,7 +184,8 @@ class Config:
 _NON_MODEL_FIELDS = frozenset({
     "data_dir", "runs_dir", "report_dir", "num_workers", "device", "conse_top", "csls_k",
     "sweep_max_per_class", "compare_backbones", "compare_max_per_class", "compare_image_size",
-    "compare_stage1_epochs", "compare_stage2_epochs", "mobile_formats"})
+    "compare_stage1_epochs", "compare_stage2_epochs", "mobile_formats", "max_image_size",
+    "epoch_pixels"})
 _STAGE2_FIELDS = frozenset({"stage2_epochs", "stage2_frozen", "stage2_lr", "loss",
                             "rank_margin", "snapshot_per_class"})
 
@@ -194,7 +198,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
 RANGES: dict[str, tuple[float | None, float | None]] = {
     "valid_pct": (0.01, 0.9), "test_seen_pct": (0.0, 0.9), "seed": (0, None),
     "max_per_class": (2, None),
-    "cache_size": (16, 4096), "image_size": (16, 1024), "batch_size": (1, 4096),
+    "cache_size": (16, 4096), "image_size": (0, 1024), "max_image_size": (16, 1024),
+    "epoch_pixels": (1e3, None), "batch_size": (1, 4096),
     "head_hidden": (1, 65536), "dropout": (0.0, 0.95), "stage1_epochs": (1, 1000),
     "stage2_epochs": (1, 1000), "stage1_frozen": (0, 3), "stage2_frozen": (0, 3),
     "stage1_lr": (1e-7, 10.0), "stage2_lr": (1e-7, 10.0), "label_smoothing": (0.0, 0.5),
@@ -311,6 +316,9 @@ def _check(cfg: Config) -> None:
                 span = f"{lo if lo is not None else '-inf'}..{hi if hi is not None else 'inf'}"
                 extra = " (3 body layer groups + the head)" if name.endswith("_frozen") else ""
                 raise ConfigError(f"parameter {name!r} must be in {span}{extra}; got {value!r}")
+    if 0 < cfg.image_size < 16:
+        raise ConfigError(f"parameter 'image_size' must be 0 (from the photos) or 16..1024; "
+                          f"got {cfg.image_size}")
     for f in cfg.mobile_formats:
         if f not in MOBILE_FORMATS:
             raise ConfigError(f"parameter 'mobile_formats' holds unknown format {f!r}; "

@@ -23,7 +23,8 @@ def data_summary(run: Run) -> dict[str, Any]:
             "split": cfg.split, "seen": exp.seen, "unseen": exp.unseen,
             "n_images": exp.counts,
             "vectors": str(exp.vectors_path), "dim": exp.vectors.dim,
-            "weights": cfg.weights, "image_size": cfg.image_size}
+            "weights": cfg.weights, "image_size": cfg.image_size,
+            "image_size_reason": run.image_size_reason}
 
 
 def split_caveat(cfg: Config) -> pd.DataFrame:

@@ -61,6 +61,7 @@ class DataRecord(TypedDict):
     dim: int
     weights: str
     image_size: int
+    image_size_reason: NotRequired[str]
 
 
 class LrFindRecord(TypedDict):

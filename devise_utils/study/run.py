@@ -22,7 +22,7 @@ import pandas as pd
 
 from devise_utils.core.config import Config, make_config
 from devise_utils.core.files import read_json, write_json
-from devise_utils.data.experiment import Experiment, experiment
+from devise_utils.data.experiment import Experiment, experiment, image_size_for
 from devise_utils.model.backbones import build_model
 from devise_utils.model.train import (
     finished_stage,
@@ -48,7 +48,13 @@ class Run:
     """The study's steps for one :class:`Config` (or a dict of parameters)."""
 
     def __init__(self, cfg: Config | Mapping[str, Any] | None = None, *, log=print):
-        self.cfg = cfg if isinstance(cfg, Config) else make_config(cfg)
+        cfg = cfg if isinstance(cfg, Config) else make_config(cfg)
+        #: Why the input size is what it is (a size chosen from the photos says so).
+        self.image_size_reason = f"{cfg.image_size} px: set"
+        if cfg.image_size == 0:
+            size, self.image_size_reason = image_size_for(cfg)
+            cfg = cfg.replace(image_size=size)
+        self.cfg = cfg
         self.log = log
         self._stages: dict[int, Any] = {}
 
