@@ -22,6 +22,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("DEVISE_SHARED", ROOT.parent / "shared"))
+if (SHARED / "nltk_data").is_dir():  # WordNet for the semantics tests, read-only, offline
+    os.environ.setdefault("NLTK_DATA", str(SHARED / "nltk_data"))
 SMOKE = json.loads((Path(__file__).parent / "smoke_params.json").read_text())
 _SMOKE_DIR = Path(tempfile.mkdtemp(prefix="devise-smoke-"))
 

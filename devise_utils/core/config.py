@@ -35,12 +35,6 @@ PROPOSED_UNSEEN_AWA2 = (
     "rat", "horse", "walrus", "giraffe", "bobcat",
 )
 
-#: Standard-split unseen AwA2 classes that are also ImageNet-1K classes, so an
-#: ImageNet-pretrained backbone has seen them (Xian et al. 2018, section 4.1).
-IMAGENET_OVERLAP_AWA2 = (
-    "chimpanzee", "giant+panda", "leopard", "persian+cat", "pig", "hippopotamus",
-)
-
 BACKBONES = ("squeezenet1_1", "resnet34", "efficientnet_lite0")
 MOBILE_FORMATS = ("onnx", "executorch", "torchscript")
 
@@ -117,6 +111,10 @@ class Config:
     # -- evaluation (does not change a trained model)
     conse_top: int = 10               # ConSE: top-T seen classes mixed into an image vector
     csls_k: int = 0                   # CSLS neighbours for the transductive rows (0 = none)
+    semantics: str = "name"           # class semantics of the transfer methods: "name", or
+    #                                   WordNet parts joined by "+" ("name+synonyms+gloss")
+    class_synsets: str | None = None  # class<TAB>wnid file; None = <dataset>/class_synsets.txt
+    graph_hops: int = 3               # WordNet ancestors the graph method's graph reaches
 
     # -- ablation rows and sweeps (notebooks 02, 03, 06): images per class they train on
     sweep_max_per_class: int | None = None  # None = the main run's images
@@ -185,7 +183,7 @@ _NON_MODEL_FIELDS = frozenset({
     "data_dir", "runs_dir", "report_dir", "num_workers", "device", "conse_top", "csls_k",
     "sweep_max_per_class", "compare_backbones", "compare_max_per_class", "compare_image_size",
     "compare_stage1_epochs", "compare_stage2_epochs", "mobile_formats", "max_image_size",
-    "epoch_pixels"})
+    "epoch_pixels", "semantics", "class_synsets", "graph_hops"})
 _STAGE2_FIELDS = frozenset({"stage2_epochs", "stage2_frozen", "stage2_lr", "loss",
                             "rank_margin", "snapshot_per_class"})
 
@@ -207,6 +205,7 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "rank_margin": (0.0, 2.0), "snapshot_per_class": (1, 1000), "conse_top": (1, 1000),
     "csls_k": (0, 1000), "sweep_max_per_class": (2, None), "compare_max_per_class": (2, None),
     "compare_image_size": (16, 1024),
+    "graph_hops": (0, 20),
     "compare_stage1_epochs": (1, 1000), "compare_stage2_epochs": (1, 1000),
     "num_workers": (0, 64),
 }

@@ -11,7 +11,11 @@ from typing import Any, NotRequired, TypedDict
 
 #: Display names of the zero-shot methods notebook 06 records beside DeViSE.
 DEVISE_NAME = "DeViSE (Stage II)"
-BASELINES = {"conse": "ConSE (Stage I, no Stage II)", "linear": "linear map (frozen features)"}
+BASELINES = {"conse": "ConSE (Stage I, no Stage II)", "linear": "linear map (frozen features)",
+             "prototypes": "semantic → visual prototypes (EXEM)",
+             "gcn": "WordNet graph propagation (GCNZ)", "eszsl": "ESZSL (closed form)"}
+#: Every method of the study, by key: DeViSE first.
+METHODS = {"devise": DEVISE_NAME, **BASELINES}
 
 #: The flat row of one method's zero-shot and GZSL numbers (:func:`method_row`).
 METHOD_COLUMNS = ("method", "zsl_top1", "chance", "gzsl_seen", "gzsl_unseen", "gzsl_H",
