@@ -11,7 +11,7 @@ import pytest
 from conftest import SMOKE, smoke_params
 
 from devise_utils import pipeline
-from devise_utils.study.results import BASELINES
+from devise_utils.study.results import BASELINES, METHODS
 
 #: The small budget nbval runs the notebooks on too (conftest.py).
 TINY = [a for k, v in SMOKE.items() for a in ("--set", f"{k}={json.dumps(v)}")]
@@ -63,8 +63,11 @@ def test_results_hold_every_method_and_the_posters_numbers_beside_them(report):
     split, top1 = r["00_data"]["split"], zs["zero_shot"]["per_class_top1"]
     zrow = f"| {split} | 67.36 % | {100 * top1:.2f} % |"
     assert zrow in md, zrow
-    conse = f"| {BASELINES['conse']} | {100 * zs['conse']['zero_shot']['per_class_top1']:.2f} % |"
+    c = zs["conse"]
+    conse = (f"| {BASELINES['conse']} | {100 * c['held_out_seen_top1']:.2f} % | "
+             f"{100 * c['zero_shot']['per_class_top1']:.2f} % |")
     assert conse in md, conse
+    assert zs["recommended"] in METHODS and len(zs["unseen_overlap"]) == len(r["00_data"]["unseen"])
 
 
 @pytest.mark.slow

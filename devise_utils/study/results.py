@@ -18,12 +18,14 @@ BASELINES = {"conse": "ConSE (Stage I, no Stage II)", "linear": "linear map (fro
 METHODS = {"devise": DEVISE_NAME, **BASELINES}
 
 #: The flat row of one method's zero-shot and GZSL numbers (:func:`method_row`).
-METHOD_COLUMNS = ("method", "zsl_top1", "chance", "gzsl_seen", "gzsl_unseen", "gzsl_H",
-                  "gzsl_H_calibrated", "gamma", "gzsl_AUSUC", "gzsl_H_oracle")
+METHOD_COLUMNS = ("method", "held_out_seen_top1", "zsl_top1", "zsl_top1_clean", "chance",
+                  "gzsl_seen", "gzsl_unseen", "gzsl_H", "gzsl_H_calibrated", "gamma",
+                  "gzsl_AUSUC", "gzsl_H_oracle")
 
 #: Columns that hold fractions (the report shows them as percentages).
 FRACTIONS = frozenset({
-    "zsl_top1", "chance", "gzsl_seen", "gzsl_unseen", "gzsl_H", "gzsl_H_calibrated",
+    "zsl_top1", "zsl_top1_clean", "held_out_seen_top1", "chance", "gzsl_seen", "gzsl_unseen",
+    "gzsl_H", "gzsl_H_calibrated",
     "gzsl_AUSUC", "gzsl_H_oracle", "stage1_accuracy", "top1", "top3", "top5", "top10",
     "per_class_top1", "zsl_top1_fp32", "zsl_top1_int8", "fp32_zsl_top1", "onnx_int8_zsl_top1",
     "pte_int8_zsl_top1", "chance_unseen", "text_to_image_p@10_seen",
@@ -39,7 +41,9 @@ def is_fraction(column: str) -> bool:
 def method_row(method: str, res: dict[str, Any]) -> dict[str, Any]:
     """One method's headline numbers from its ``zero_shot`` and ``gzsl`` results."""
     z, g = res["zero_shot"], res["gzsl"]
-    return {"method": method, "zsl_top1": z["per_class_top1"], "chance": z["chance"],
+    return {"method": method, "held_out_seen_top1": res.get("held_out_seen_top1"),
+            "zsl_top1": z["per_class_top1"], "zsl_top1_clean": z.get("per_class_top1_clean"),
+            "chance": z["chance"],
             "gzsl_seen": g["seen"], "gzsl_unseen": g["unseen"], "gzsl_H": g["H"],
             "gzsl_H_calibrated": g.get("H_calibrated"), "gamma": g.get("gamma"),
             "gzsl_AUSUC": g["AUSUC"], "gzsl_H_oracle": g["best_H"]}
@@ -100,9 +104,16 @@ class PcaRecord(TypedDict):
 class ZeroShotRecord(TypedDict):
     zero_shot: dict[str, Any]
     gzsl: dict[str, Any]
+    held_out_seen_top1: NotRequired[float | None]
+    zero_shot_transductive: NotRequired[dict[str, Any]]
     methods: list[dict[str, Any]]
     conse: NotRequired[dict[str, Any]]
     linear: NotRequired[dict[str, Any]]
+    prototypes: NotRequired[dict[str, Any]]
+    gcn: NotRequired[dict[str, Any]]
+    eszsl: NotRequired[dict[str, Any]]
+    recommended: NotRequired[str | None]
+    unseen_overlap: NotRequired[list[dict[str, Any]]]
     balance: NotRequired[list[dict[str, Any]] | None]
     split_caveat: NotRequired[list[dict[str, Any]] | None]
     proposed: NotRequired[list[dict[str, Any]] | None]
