@@ -22,12 +22,14 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("DEVISE_SHARED", ROOT.parent / "shared"))
+if (SHARED / "nltk_data").is_dir():  # WordNet for the semantics tests, read-only, offline
+    os.environ.setdefault("NLTK_DATA", str(SHARED / "nltk_data"))
 SMOKE = json.loads((Path(__file__).parent / "smoke_params.json").read_text())
 _SMOKE_DIR = Path(tempfile.mkdtemp(prefix="devise-smoke-"))
 
 
 def smoke_params() -> dict:
-    """The notebooks' small budget, with the data and model cache this session shares."""
+    """The notebooks' small budget, with the data and model cache this test run shares."""
     return {**SMOKE, "data_dir": str(_SMOKE_DIR / "data"), "runs_dir": str(_SMOKE_DIR / "runs")}
 
 
@@ -69,7 +71,7 @@ def shared() -> Path:
 
 @pytest.fixture(scope="session")
 def builtin_dir(tmp_path_factory) -> Path:
-    """A data_dir holding the generated built-in dataset (made once per test session)."""
+    """A data_dir holding the generated built-in dataset (made once per test run)."""
     from devise_utils.data.builtin import ensure_builtin
 
     d = tmp_path_factory.mktemp("data")

@@ -5,7 +5,9 @@ import numpy as np
 import pytest
 import torch
 
+from devise_utils.core.config import make_config
 from devise_utils.data.awa2 import pseudo_unseen_split
+from devise_utils.data.experiment import experiment
 from devise_utils.model.losses import CosineLoss, RankLoss
 from devise_utils.study import baselines as B
 from devise_utils.study import metrics as M
@@ -113,20 +115,21 @@ def test_choose_gamma_is_what_the_pseudo_unseen_round_implies():
     assert [round(h, 3) for _, h in ch["table"]] == [0.0, 0.667, 0.5, 0.667, 0.0]
 
 
-def test_calibration_never_uses_unseen_test_labels():
-    r = M.calibrated_gzsl(VAL_S, VAL_Y, VAL_U, TEST_S, TEST_Y, TEST_U)
-    assert r["gamma"] == pytest.approx(0.15) and r["val"]["gamma"] == r["gamma"]
-    # At 0.15: s1 right, s2 -> u2 wrong, u1 -> s1 wrong, u2 right: seen .5, unseen .5.
-    assert (r["seen"], r["unseen"], r["H"]) == pytest.approx((0.5, 0.5, 0.5))
-    # Alter the unseen-class test labels (swap u1/u2, then all u1): gamma must not move.
-    for y_alt in ([0, 1, 3, 2], [0, 1, 2, 2]):
-        r2 = M.calibrated_gzsl(VAL_S, VAL_Y, VAL_U, TEST_S, np.array(y_alt), TEST_U)
-        assert r2["gamma"] == r["gamma"]
-    assert M.calibrated_gzsl(VAL_S, VAL_Y, VAL_U, TEST_S, np.array([0, 1, 3, 2]),
-                             TEST_U)["unseen"] == 0.0   # labels only score, after gamma
-    # The test labels WOULD pick another gamma (0.5, H 2/3): a leak could not go unnoticed.
-    oracle = M.choose_gamma(TEST_S, TEST_Y, TEST_U)
-    assert oracle["gamma"] == pytest.approx(0.5) and oracle["H"] == pytest.approx(2 / 3)
+def test_the_calibration_round_sees_no_test_seen_image_and_no_unseen_class(builtin_dir, tmp_path):
+    """The round that picks gamma is drawn from the seen classes' train and valid images: a
+    test-seen image or an unseen class entering it would fail here."""
+    cfg = make_config({"dataset": str(builtin_dir / "builtin"), "data_dir": str(tmp_path),
+                       "vectors": str(builtin_dir / "builtin" / "vectors.vec"),
+                       "runs_dir": str(tmp_path / "runs")})
+    main = experiment(cfg)
+    held = experiment(cfg.replace(holdout_round=True))
+    t, r = main.table, held.table
+    assert (t["split"] == "test_seen").sum() > 0
+    assert not set(r["path"]) & set(t.loc[t["split"] == "test_seen", "path"])
+    assert not set(r["cls"]) & set(main.unseen)
+    assert set(held.seen) | set(held.unseen) == set(main.seen)
+    assert set(r.loc[r["split"] == "unseen", "cls"]) == set(held.unseen)  # pseudo-unseen
+    assert set(r["path"]) == set(t.loc[t["split"].isin(["train", "valid"]), "path"])
 
 
 def test_calibrated_stacking_and_pseudo_unseen_split():

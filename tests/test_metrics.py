@@ -46,13 +46,12 @@ def test_generalized_zero_shot_and_harmonic_mean():
                     [0, 1, 0, 0],               # s2 -> s2 right
                     [0.9, 0, 0.5, 0],           # u1 -> s1 wrong (seen bias)
                     [0, 0, 0, 1]], np.float32)  # u2 -> u2 right
-    g = M.generalized_zero_shot(emb, ["s1", "s2", "u1", "u2"], ["s1", "s2"], ["u1", "u2"], vecs)
+    s, y, u = M.cosine_scores(emb, vecs), np.array([0, 1, 2, 3]), np.array([0, 0, 1, 1], bool)
+    g = M.gzsl_accuracy(s, y, u)
     assert g["seen"] == 1.0 and g["unseen"] == 0.5
     assert g["H"] == pytest.approx(2 * 1.0 * 0.5 / 1.5)
     # Calibrated stacking: penalising seen scores recovers the unseen image.
-    g2 = M.generalized_zero_shot(emb, ["s1", "s2", "u1", "u2"], ["s1", "s2"], ["u1", "u2"],
-                                 vecs, calibration=0.6)
-    assert g2["unseen"] == 1.0
+    assert M.gzsl_accuracy(s, y, u, gamma=0.6)["unseen"] == 1.0
     assert M.harmonic_mean(0.0, 0.7) == 0.0
 
 
@@ -64,9 +63,36 @@ def test_confusion_rows_are_true_classes():
 def test_seen_unseen_curve_spans_both_extremes_and_ausuc():
     vecs = np.eye(4, dtype=np.float32)
     emb = np.array([[1, 0, 0, 0], [0, 1, 0, 0], [0.9, 0, 0.5, 0], [0, 0, 0, 1]], np.float32)
-    y = ["s1", "s2", "u1", "u2"]
-    c = M.seen_unseen_curve(emb, y, ["s1", "s2"], ["u1", "u2"], vecs)
+    s, y, u = M.cosine_scores(emb, vecs), np.array([0, 1, 2, 3]), np.array([0, 0, 1, 1], bool)
+    c = M.seen_unseen_curve(s, y, u)
     pts = set(zip(c["seen"], c["unseen"]))
     assert (1.0, 0.0) in pts and (0.0, 1.0) in pts     # every image seen / every image unseen
     assert (1.0, 1.0) in pts                           # a calibration that gets all four right
     assert c["best_H"] == 1.0 and c["AUSUC"] == pytest.approx(1.0)
+
+
+def test_the_sweep_is_every_outcome_of_calibrated_stacking():
+    """Each swept gamma gives exactly gzsl_accuracy's numbers, and no gamma at all (on a fine
+    grid, at the gaps themselves, beyond both ends) beats the sweep's best H: the oracle H
+    is an exact upper bound of any calibrated H."""
+    rng = np.random.default_rng(0)
+    n, n_seen, n_unseen = 300, 6, 4
+    y = rng.integers(0, n_seen + n_unseen, n)
+    s = rng.normal(size=(n, n_seen + n_unseen)) + 1.5 * np.eye(n_seen + n_unseen)[y]
+    s[:, :n_seen] += 0.7                                # the seen bias calibration corrects
+    s, y = np.concatenate([s, s[:40]]), np.concatenate([y, y[:40]])  # exactly tied gaps
+    u = np.arange(n_seen + n_unseen) >= n_seen
+    sw = M.gzsl_sweep(s, y, u)
+    assert len(sw["gamma"]) > 50
+    for g, seen, unseen, h in zip(sw["gamma"], sw["seen"], sw["unseen"], sw["H"]):
+        brute = M.gzsl_accuracy(s, y, u, float(g))
+        assert (brute["seen"], brute["unseen"]) == pytest.approx((seen, unseen), abs=1e-12)
+        assert brute["H"] == pytest.approx(h, abs=1e-12)
+    gaps = s[:, :n_seen].max(1) - s[:, n_seen:].max(1)
+    for g in np.concatenate([np.linspace(-5, 5, 401), gaps - 1e-9, gaps + 1e-9, [-1e2, 1e2]]):
+        assert M.gzsl_accuracy(s, y, u, float(g))["H"] <= sw["H"].max() + 1e-12
+    best = M.seen_unseen_curve(s, y, u)
+    assert best["best_H"] == pytest.approx(sw["H"].max())
+    assert M.gzsl_accuracy(s, y, u, best["best_calibration"])["H"] == pytest.approx(best["best_H"])
+    chosen = M.choose_gamma(s, y, u)                    # picked on these very images
+    assert chosen["H"] == pytest.approx(best["best_H"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import urllib.error
 
+import numpy as np
 import pytest
 import torch
 
@@ -108,3 +109,18 @@ def test_real_squeezenet_weights_recognise_real_animals(shared):
         with torch.no_grad():
             hits.append((net(x).topk(5, dim=1).indices == imagenet_idx).any(dim=1).float())
     assert torch.cat(hits).mean() >= 0.3  # measured 0.54 over 218 photos
+
+
+def test_last_layer_folds_the_final_batchnorm_and_reproduces_the_model():
+    torch.manual_seed(0)
+    m = build_model("squeezenet1_1", 7, final_bn=True, image_size=32).eval()
+    bn = m.head[-1]
+    bn.running_mean.uniform_(-1, 1), bn.running_var.uniform_(0.5, 2)
+    if bn.affine:
+        bn.weight.data.uniform_(0.5, 2), bn.bias.data.uniform_(-1, 1)
+    pen, W, b = backbones.last_layer(m)
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        want, feats = m(x).numpy(), pen(x).numpy()
+    assert W.shape == (7, feats.shape[1]) and b.shape == (7,)
+    np.testing.assert_allclose(feats @ W.T + b, want, rtol=1e-4, atol=1e-4)

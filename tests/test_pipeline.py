@@ -11,6 +11,7 @@ import pytest
 from conftest import SMOKE, smoke_params
 
 from devise_utils import pipeline
+from devise_utils.study.results import BASELINES, METHODS
 
 #: The small budget nbval runs the notebooks on too (conftest.py).
 TINY = [a for k, v in SMOKE.items() for a in ("--set", f"{k}={json.dumps(v)}")]
@@ -51,14 +52,22 @@ def test_results_hold_every_method_and_the_posters_numbers_beside_them(report):
     r = _results(out)
     assert r["00_data"]["dataset"] == "builtin"
     s2, zs = r["03_stage2"], r["06_zero_shot"]
-    assert s2["top1"] <= s2["top3"] <= s2["top5"] <= s2["top10"] <= 1
-    assert 0 <= r["02_stage1"]["accuracy"] <= 1
     for method in ("conse", "linear"):        # baselines beside DeViSE, per class
         assert set(zs[method]["zero_shot"]["per_class"]) == set(r["00_data"]["unseen"])
         assert "H_calibrated" in zs[method]["gzsl"]
     assert "H_calibrated" in zs["gzsl"] and "gamma" in zs["gzsl"]
     md = (out / "results.md").read_text()
-    assert "80.60 %" in md and "67.36 %" in md   # the poster's numbers stand beside the run's
+    # The run's own numbers reach results.md, each beside the poster's: the table rows are
+    # read back from what the notebooks recorded, not retyped.
+    assert f"| 80.60 % / {100 * s2['top1']:.2f} % |" in md
+    split, top1 = r["00_data"]["split"], zs["zero_shot"]["per_class_top1"]
+    zrow = f"| {split} | 67.36 % | {100 * top1:.2f} % |"
+    assert zrow in md, zrow
+    c = zs["conse"]
+    conse = (f"| {BASELINES['conse']} | {100 * c['held_out_seen_top1']:.2f} % | "
+             f"{100 * c['zero_shot']['per_class_top1']:.2f} % |")
+    assert conse in md, conse
+    assert zs["recommended"] in METHODS and len(zs["unseen_overlap"]) == len(r["00_data"]["unseen"])
 
 
 @pytest.mark.slow

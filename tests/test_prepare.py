@@ -11,6 +11,7 @@ from PIL import Image
 
 from devise_utils import cli
 from devise_utils.core.config import Config
+from devise_utils.data.experiment import image_size_for
 from devise_utils.data.prepare import cache_dir_for, prepare_cache, prepared_table
 
 SIZE = 64
@@ -123,7 +124,7 @@ def test_prepared_table_drops_skipped_rows(tmp_path, capsys):
     assert "skipped 2 unreadable image(s)" in capsys.readouterr().out
     assert len(t) == 6 + 6 + 3
     assert all(Path(p).is_relative_to(cache_dir_for(cfg, root)) for p in t["path"])
-    assert set(t["split"]) == {"train", "valid", "unseen"}
+    assert set(t["split"]) == {"train", "valid", "test_seen", "unseen"}
     assert set(t.loc[t["split"] == "unseen", "cls"]) == {"okapi"}
 
 
@@ -140,3 +141,13 @@ def test_cli_prepare(tmp_path, capsys):
     assert len(list(cache.rglob("*.jpg"))) == 15
     assert cli.main(["prepare", "--dataset", str(tmp_path / "nope"), "--data-dir", str(data)]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_the_input_size_is_chosen_from_the_photos_and_says_why(tmp_path):
+    root = make_dataset(tmp_path / "ds")                  # 100x80 photos (and broken ones)
+    cfg = Config(dataset=str(root), data_dir=str(tmp_path / "data"))
+    assert image_size_for(cfg)[0] == 80                    # the short side, a multiple of 16
+    size, why = image_size_for(cfg.replace(max_image_size=64))
+    assert size == 64 and "max_image_size" in why
+    size, why = image_size_for(cfg.replace(epoch_pixels=2e4))  # ~10 training photos
+    assert size in (32, 48) and "CPU budget" in why, (size, why)

@@ -159,7 +159,7 @@ def test_results_md_has_the_poster_tables_beside_the_run(built):
     assert "80.60 % / 71.29 %" in md           # Stage II top-1: poster / run
     assert "67.36 %" in md and "59.08 %" in md  # zero-shot: poster, run
     assert "89.05 %" in md and "69.31 %" in md  # Stage I
-    assert "## DeViSE vs baselines" in md and "| ConSE (Stage I, no Stage II) |" in md
+    assert "## Every method on the same images" in md and "| ConSE (Stage I, no Stage II) |" in md
     assert "44.12 %" in md and "38.76 %" in md   # the baselines' zero-shot top-1
     assert "## Stage II recipe ablations" in md and "65.35 %" in md
     assert "| 3 | 0.8 | 0.3 |" in md                # PCA convergence as numbers
@@ -176,7 +176,7 @@ def test_index_html_is_the_study_at_a_glance(built):
             (built / "results.json").read_text())) if t.glance]:
         assert title in page.replace("&amp;", "&")
     assert "80.60 % / 71.29 %" in page and "67.36 %" in page
-    assert "DeViSE vs baselines" in page and "H oracle (upper bound)" in page
+    assert "Every method on the same images" in page and "H oracle (upper bound)" in page
     # The tagged figure is embedded; the others are named as missing, not broken.
     assert f"data:image/png;base64,{PNG_B64}" in page
     assert 'class="missing missing-figure" data-figure="pca"' in page
@@ -248,3 +248,11 @@ def test_a_record_that_drifts_from_its_schema_is_an_error_naming_the_keys():
         tables.tables(missing)
     with pytest.raises(RecordError, match="unknown record '09_new'"):
         check_record("09_new", {})
+
+
+def test_a_comparison_row_at_chance_is_explained():
+    res = fake_results()
+    res["04_backbones"][1]["stage1_accuracy"] = 0.06        # 18 seen classes: chance 5.6 %
+    note = next(t for t in tables.tables(res) if t.key == "stage1").note
+    assert note.startswith("At chance (5.6 %): resnet34") and "not learn" in note
+    assert next(t for t in tables.tables(fake_results()) if t.key == "stage1").note == ""

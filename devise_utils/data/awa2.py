@@ -153,13 +153,19 @@ def seen_unseen(ds: AwA2, split: str = "standard") -> tuple[list[str], list[str]
     raise ValueError(f"split must be 'standard' or 'proposed', got {split!r}")
 
 
-def split_table(ds: AwA2, split: str = "standard", valid_pct: float = 0.1, seed: int = 42,
-                max_per_class: int | None = None) -> pd.DataFrame:
-    """Table of every image with ``split`` in {train, valid, unseen}.
+#: The splits of a table, in order: seen images train / valid / test_seen, then unseen.
+SPLITS = ("train", "valid", "test_seen", "unseen")
 
-    Seen images are split train/valid per class and seeded, so every seen class
-    is in both (even with a few images a class) and the same arguments give the
-    same split on any machine (file order is sorted, numpy's PCG64 is stable).
+
+def split_table(ds: AwA2, split: str = "standard", valid_pct: float = 0.1, seed: int = 42,
+                max_per_class: int | None = None, test_seen_pct: float = 0.0) -> pd.DataFrame:
+    """Table of every image with ``split`` in :data:`SPLITS`.
+
+    Seen images are split per class and seeded (Xian et al.'s protocol): ``train``;
+    ``valid``, on which every choice is made (recipe, epochs, calibration, method);
+    ``test_seen``, used only to report GZSL's seen accuracy. Every seen class keeps at least
+    one training image, and the same arguments give the same split on any machine (file
+    order is sorted, numpy's PCG64 is stable).
     """
     seen, unseen = seen_unseen(ds, split)
     rng = np.random.default_rng(seed)
@@ -168,13 +174,20 @@ def split_table(ds: AwA2, split: str = "standard", valid_pct: float = 0.1, seed:
         t = (t.iloc[rng.permutation(len(t))].groupby("cls", sort=False).head(max_per_class)
               .sort_values(["cls", "path"]).reset_index(drop=True))
     t["split"] = np.where(t["cls"].isin(unseen), "unseen", "train")
-    if valid_pct > 0:
-        for _, idx in t[t["split"] == "train"].groupby("cls", sort=True).groups.items():
-            k = min(len(idx) - 1, max(1, round(valid_pct * len(idx))))
-            if k > 0:
-                t.loc[rng.choice(np.asarray(idx), k, replace=False), "split"] = "valid"
+    for _, idx in t[t["split"] == "train"].groupby("cls", sort=True).groups.items():
+        idx = rng.permutation(np.asarray(idx))
+        n_valid = _held(valid_pct, len(idx), len(idx) - 1)
+        n_test = _held(test_seen_pct, len(idx), len(idx) - 1 - n_valid)
+        t.loc[idx[:n_valid], "split"] = "valid"
+        t.loc[idx[n_valid:n_valid + n_test], "split"] = "test_seen"
     t["seen"] = t["cls"].isin(seen)
     return t
+
+
+def _held(frac: float, n: int, room: int) -> int:
+    """Images of a class to hold out at ``frac``: at least one when ``frac`` > 0, at most
+    ``room`` (so training keeps one)."""
+    return max(0, min(room, max(1, round(frac * n)) if frac > 0 else 0))
 
 
 def dataset_root(cfg: Config) -> Path:

@@ -27,8 +27,9 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from devise_utils.core.config import Config
 from tqdm import tqdm
+
+from devise_utils.core.config import Config
 
 
 class DownloadError(RuntimeError):

@@ -23,7 +23,7 @@ from PIL import Image, ImageFile, ImageOps
 
 from devise_utils.core.config import Config
 from devise_utils.core.files import atomic_write
-from devise_utils.data.awa2 import dataset_root, read_awa2, split_table
+from devise_utils.data.awa2 import SPLITS, dataset_root, read_awa2, split_table
 
 JPEG_QUALITY = 90
 
@@ -119,7 +119,8 @@ def cache_dir_for(cfg: Config, root: str | Path) -> Path:
 def _prepare(cfg: Config, workers: int | None) -> tuple[pd.DataFrame, list, Path]:
 
     root = dataset_root(cfg)
-    t = split_table(read_awa2(root), cfg.split, cfg.valid_pct, cfg.seed, cfg.max_per_class)
+    t = split_table(read_awa2(root), cfg.split, cfg.valid_pct, cfg.seed, cfg.max_per_class,
+                    cfg.test_seen_pct)
     cache = cache_dir_for(cfg, root)
     t, skipped = prepare_cache(t, cache, cfg.cache_size, workers or min(4, os.cpu_count() or 2))
     return t, skipped, cache
@@ -139,7 +140,7 @@ def command(args) -> int:
                  split=args.split)
     t, skipped, cache = _prepare(cfg, args.workers)
     print(f"cache: {cache}")
-    for split in ("train", "valid", "unseen"):
+    for split in SPLITS:
         part = t[t["split"] == split]
         print(f"{split:>6}: {len(part):6d} images, {part['cls'].nunique():3d} classes")
     print(f"skipped: {len(skipped)} file(s)" + (f" (listed in {cache / 'skipped.tsv'})"

@@ -122,13 +122,15 @@ def load_vectors(
     *,
     top_n: int | None = None,
     hash_file: bool = True,
+    optional: Iterable[str] = (),
 ) -> WordVectors:
     """Load word vectors from a fastText ``.vec``/``.txt`` or ``.bin`` file.
 
     ``words``: keep only these (and the parts of multi-word classes); missing
     ones raise :class:`MissingVectorsError` naming all of them. ``top_n``: also
     keep the first N words of the file (fastText files are frequency-sorted),
-    which is the vocabulary for tag generation and text search.
+    which is the vocabulary for tag generation and text search. ``optional``: also keep
+    these where the file has them (the words of WordNet glosses, synonyms and hypernyms).
     """
     path = Path(path)
     if not path.exists():
@@ -137,11 +139,13 @@ def load_vectors(
             "`python -m devise_utils download fasttext` or pass --vectors FILE"
         )
     wanted = list(words) if words is not None else []
+    extra = [w for w in optional if w not in set(wanted)]
     sha = file_sha256(path) if hash_file else ""
     if path.suffix == ".bin":
-        wv = _load_bin(path, wanted, top_n, sha)
+        wv = _load_bin(path, wanted + extra, top_n, sha)
     else:
-        wv = _load_text(path, wanted, top_n, sha, keep_all=words is None and top_n is None)
+        wv = _load_text(path, wanted + extra, top_n, sha,
+                        keep_all=words is None and top_n is None and not extra)
     if wanted:
         wv.lookup(wanted)  # raises listing every missing word
     return wv

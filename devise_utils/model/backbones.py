@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -46,6 +47,28 @@ class DeViSEModel(nn.Module):
     @property
     def n_groups(self) -> int:
         return len(self._groups) + 1
+
+
+def last_layer(model: DeViSEModel) -> tuple[nn.Module, np.ndarray, np.ndarray]:
+    """``model`` as ``penultimate`` (body and head up to the last Linear) and that last
+    layer, with a final eval-mode BatchNorm folded in, as ``W`` (n_out, d) and ``b`` (n_out,):
+    ``model(x) == penultimate(x) @ W.T + b``. A Stage I model's rows of ``W`` are its
+    classifier's per-class weights, what a graph method learns to predict for new classes."""
+    layers = list(model.head)
+    i = max(k for k, m in enumerate(layers) if isinstance(m, nn.Linear))
+    lin = layers[i]
+    W = lin.weight.detach().double()
+    b = lin.bias.detach().double() if lin.bias is not None else torch.zeros(len(W)).double()
+    for bn in layers[i + 1:]:
+        if not isinstance(bn, nn.BatchNorm1d):
+            raise ValueError(f"expected only a BatchNorm1d after the last Linear, got {bn}")
+        gain = bn.weight.detach().double() if bn.affine else torch.ones(len(W)).double()
+        shift = bn.bias.detach().double() if bn.affine else torch.zeros(len(W)).double()
+        scale = gain / torch.sqrt(bn.running_var.double() + bn.eps)
+        W, b = W * scale[:, None], (b - bn.running_mean.double()) * scale + shift
+    penultimate = nn.Sequential(model.body, *layers[:i])
+    penultimate.image_size = model.image_size
+    return penultimate, W.float().numpy(), b.float().numpy()
 
 
 def splitter(model: DeViSEModel) -> list[list[nn.Parameter]]:

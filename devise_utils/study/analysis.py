@@ -11,9 +11,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from devise_utils.core.config import IMAGENET_OVERLAP_AWA2, PROPOSED_UNSEEN_AWA2, Config
+from devise_utils.core.config import PROPOSED_UNSEEN_AWA2, Config
 from devise_utils.data.awa2 import DataError, dataset_root, read_awa2, seen_unseen
+from devise_utils.study.imagenet import imagenet_overlap
 from devise_utils.study.run import Run
+from devise_utils.study.semantics import WordNetMissingError, class_synsets
 
 
 def data_summary(run: Run) -> dict[str, Any]:
@@ -23,11 +25,14 @@ def data_summary(run: Run) -> dict[str, Any]:
             "split": cfg.split, "seen": exp.seen, "unseen": exp.unseen,
             "n_images": exp.counts,
             "vectors": str(exp.vectors_path), "dim": exp.vectors.dim,
-            "weights": cfg.weights, "image_size": cfg.image_size}
+            "weights": cfg.weights, "image_size": cfg.image_size,
+            "image_size_reason": run.image_size_reason}
 
 
 def split_caveat(cfg: Config) -> pd.DataFrame:
-    """Unseen classes of each split, and which of them ImageNet-1K (the backbone) has seen."""
+    """Unseen classes of each split the dataset holds, and which of them are ImageNet-1K
+    classes (by name and WordNet: :func:`~devise_utils.study.imagenet.imagenet_overlap`), so
+    an ImageNet backbone has seen them."""
     ds = read_awa2(dataset_root(cfg))
     rows = []
     for split in ("standard", "proposed"):
@@ -35,8 +40,13 @@ def split_caveat(cfg: Config) -> pd.DataFrame:
             _, unseen = seen_unseen(ds, split)
         except DataError:
             continue
-        rows += [{"split": split, "unseen_class": c,
-                  "imagenet_1k_class": c in IMAGENET_OVERLAP_AWA2} for c in unseen]
+        try:
+            synsets = class_synsets(unseen)
+        except WordNetMissingError:
+            synsets = [None] * len(unseen)
+        rows += [{"split": split, "unseen_class": r["class"], "imagenet_1k_class": r["imagenet"],
+                  "why": "; ".join(r["reasons"])}
+                 for r in imagenet_overlap(unseen, synsets)]
     return pd.DataFrame(rows)
 
 

@@ -23,7 +23,7 @@ from devise_utils.model.train import StageResult
 from devise_utils.study import metrics as M
 from devise_utils.study.baselines import conse_embed, fit_linear_map
 from devise_utils.study.embedded import Embedded
-from devise_utils.study.results import BASELINES, DEVISE_NAME, method_row
+from devise_utils.study.results import BASELINES, DEVISE_NAME, method_row, transductive_row
 
 
 def embed_table(table: pd.DataFrame, model, batch_size: int, device: str = "cpu",
@@ -56,11 +56,11 @@ def conse_vectors(exp: Experiment, logits: Embedded, top: int) -> Embedded:
 
 def linear_map_vectors(exp: Experiment, features: Embedded) -> Embedded:
     """Ridge map from features to class vectors, fitted on the train images of the seen
-    classes (lambda by leave-classes-out among them); applied to the valid/unseen images."""
+    classes (lambda by leave-classes-out among them); applied to the held-out images."""
     train = features.of("train")
     lm = fit_linear_map(train.X, train.labels(exp.seen), exp.class_vectors(exp.seen),
                         seed=exp.cfg.seed)
-    test = features.of("valid", "unseen")
+    test = features.of("valid", "test_seen", "unseen")
     return test.with_vectors(lm.embed(test.X))
 
 
@@ -75,36 +75,40 @@ def stage1_eval(exp: Experiment, logits: Embedded) -> dict[str, Any]:
 
 
 def score_method(exp: Experiment, emb: Embedded, calibration: dict[str, Any] | None = None,
-                 csls_k: int = 0) -> dict[str, Any]:
-    """Zero-shot and GZSL numbers of one method from its word-space image vectors.
+                 csls_k: int = 0, class_matrix: np.ndarray | None = None) -> dict[str, Any]:
+    """Zero-shot and GZSL numbers of one method: cosine of its image vectors ``emb`` to one
+    row per class (``class_matrix``, seen then unseen; default the class word vectors).
 
-    ``emb`` holds the valid (seen) and unseen images' vectors; ``calibration``: the
-    pseudo-unseen validation round's scores (``val_scores``, ``val_y``, ``val_unseen_cols``)
-    from which calibrated stacking picks gamma without any unseen-class image.
-    ``csls_k`` > 0 rescores zero-shot with CSLS (hubness correction) over the unseen images.
+    Zero-shot is scored on the unseen images among the unseen classes; GZSL on the
+    test-seen and unseen images among all classes. Every headline number is inductive.
+    ``calibration``: the pseudo-unseen round's scores (``val_scores``, ``val_y``,
+    ``val_unseen_cols``) from which calibrated stacking picks gamma (no test image used).
+    ``csls_k`` > 0 adds ``zero_shot_transductive``: CSLS over the unlabelled unseen test
+    images, a transductive number, kept apart from the headline.
     """
-    unseen = emb.of("unseen")
-    unseen_vecs = exp.class_vectors(exp.unseen)
-    zsl = M.zero_shot(unseen.X, unseen.cls.tolist(), exp.unseen, unseen_vecs)
+    classes = class_matrix if class_matrix is not None else exp.class_vectors()
+    unseen, n_seen = emb.of("unseen"), len(exp.seen)
+    unseen_scores = M.cosine_scores(unseen.X, classes[n_seen:])
+    out: dict[str, Any] = {
+        "zero_shot": M.zero_shot_from_scores(unseen_scores, unseen.cls.tolist(), exp.unseen),
+        "zero_shot_confusion": M.confusion(unseen_scores.argmax(1), unseen.labels(exp.unseen),
+                                           len(exp.unseen)).tolist()}
     if csls_k:
-        s = M.csls_scores(unseen.X, unseen_vecs, k=csls_k)
-        zsl = M.zero_shot_from_scores(s, unseen.cls.tolist(), exp.unseen)
-    zpred = M.cosine_scores(unseen.X, unseen_vecs).argmax(1)
-    test = emb.of("valid", "unseen")
-    test_y, all_vecs = test.cls.tolist(), exp.class_vectors()
-    gzsl = M.generalized_zero_shot(test.X, test_y, exp.seen, exp.unseen, all_vecs)
-    curve = M.seen_unseen_curve(test.X, test_y, exp.seen, exp.unseen, all_vecs)
-    gzsl.update(AUSUC=curve["AUSUC"], best_H=curve["best_H"])
+        out["zero_shot_transductive"] = M.zero_shot_from_scores(
+            M.csls_scores(unseen.X, classes[n_seen:], k=csls_k), unseen.cls.tolist(),
+            exp.unseen)
+    test = emb.of("test_seen", "unseen")
+    cols = np.arange(len(exp.classes)) >= n_seen
+    scores, y = M.cosine_scores(test.X, classes), test.labels(exp.classes)
+    gzsl = {k: v for k, v in M.gzsl_accuracy(scores, y, cols).items() if k != "gamma"}
+    curve = M.seen_unseen_curve(scores, y, cols)
+    gzsl.update(AUSUC=curve["AUSUC"], best_H=curve["best_H"], n_images=len(y))
     if calibration is not None:
-        cols = np.arange(len(exp.classes)) >= len(exp.seen)
         cal = M.calibrated_gzsl(calibration["val_scores"], calibration["val_y"],
-                                calibration["val_unseen_cols"],
-                                M.cosine_scores(test.X, all_vecs), test.labels(exp.classes), cols)
+                                calibration["val_unseen_cols"], scores, y, cols)
         gzsl.update(seen_calibrated=cal["seen"], unseen_calibrated=cal["unseen"],
                     H_calibrated=cal["H"], gamma=cal["gamma"])
-    return {"zero_shot": zsl, "gzsl": gzsl, "gzsl_curve": curve,
-            "zero_shot_confusion": M.confusion(zpred, unseen.labels(exp.unseen),
-                                               len(exp.unseen)).tolist()}
+    return {**out, "gzsl": gzsl, "gzsl_curve": curve}
 
 
 def seen_topk(exp: Experiment, emb: Embedded) -> dict[str, Any]:
@@ -120,5 +124,8 @@ def model_size(s: StageResult) -> dict[str, float]:
 
 def methods_table(r: dict[str, Any]) -> pd.DataFrame:
     """DeViSE and the baselines side by side (zero-shot and GZSL) from :meth:`Run.metrics`."""
-    return pd.DataFrame([method_row(DEVISE_NAME, r)] + [
-        method_row(BASELINES.get(k, k), res) for k, res in (r.get("baselines") or {}).items()])
+    named = [(DEVISE_NAME, r)] + [(BASELINES.get(k, k), res)
+                                  for k, res in (r.get("baselines") or {}).items()]
+    rows = [method_row(name, res) for name, res in named]
+    rows += [transductive_row(name, res) for name, res in named if "zero_shot_transductive" in res]
+    return pd.DataFrame(rows)

@@ -74,50 +74,59 @@ def zero_shot_from_scores(s: np.ndarray, y: Sequence[str], candidates: Sequence[
     }
 
 
-def generalized_zero_shot(emb: np.ndarray, y: Sequence[str], seen: Sequence[str],
-                          unseen: Sequence[str], class_vecs: np.ndarray,
-                          calibration: float = 0.0) -> dict:
-    """GZSL: candidates are all classes; per-class mean accuracy on seen and unseen test
-    images and their harmonic mean H. ``calibration`` (Chao et al. 2016) is subtracted
-    from seen-class scores; 0 is the uncalibrated protocol."""
-    classes = list(seen) + list(unseen)
-    idx = {c: i for i, c in enumerate(classes)}
-    yi = np.array([idx[c] for c in y])
-    s = cosine_scores(emb, class_vecs)
-    s[:, : len(seen)] -= calibration
-    pred = s.argmax(1)
-    pc = per_class_accuracy(pred, yi, len(classes))
-    acc_s = float(np.nanmean(pc[: len(seen)])) if np.isfinite(pc[: len(seen)]).any() else 0.0
-    acc_u = float(np.nanmean(pc[len(seen):])) if np.isfinite(pc[len(seen):]).any() else 0.0
-    return {"seen": acc_s, "unseen": acc_u, "H": harmonic_mean(acc_s, acc_u),
-            "calibration": calibration}
-
-
 def confusion(pred: Sequence[int], y: Sequence[int], n_classes: int) -> np.ndarray:
     """Counts: rows = true class, columns = predicted class."""
     return _sk_confusion(y, pred, labels=list(range(n_classes)))
 
 
-def seen_unseen_curve(emb: np.ndarray, y: Sequence[str], seen: Sequence[str],
-                      unseen: Sequence[str], class_vecs: np.ndarray, n: int = 101) -> dict:
-    """GZSL accuracies as the calibration sweeps from "all seen" to "all unseen" (Chao et al.
-    2016). AUSUC, the area under the seen-unseen curve, summarises GZSL without choosing a
-    calibration; ``best_H`` is the best harmonic mean on the curve (an oracle upper bound,
-    since it picks the calibration on the test images)."""
-    ns = len(seen)
-    s = cosine_scores(emb, class_vecs)
-    gaps = s[:, :ns].max(1) - s[:, ns:].max(1)
-    gammas = np.unique(np.concatenate([np.quantile(gaps, np.linspace(0, 1, n)),
-                                       [gaps.min() - 1e-6, gaps.max() + 1e-6]]))
-    pts = [generalized_zero_shot(emb, y, seen, unseen, class_vecs, calibration=float(g))
-           for g in gammas]
-    acc_s = np.array([p["seen"] for p in pts])
-    acc_u = np.array([p["unseen"] for p in pts])
-    order = np.lexsort((-acc_s, acc_u))
-    ausuc = float(np.trapezoid(acc_s[order], acc_u[order]))
-    best = int(np.argmax([p["H"] for p in pts]))
-    return {"AUSUC": ausuc, "best_H": pts[best]["H"], "best_calibration": float(gammas[best]),
-            "seen": acc_s.tolist(), "unseen": acc_u.tolist()}
+def gzsl_sweep(scores: np.ndarray, y: np.ndarray, unseen_cols: np.ndarray) -> dict:
+    """Every distinct GZSL outcome as calibrated stacking's gamma sweeps from "all seen" to
+    "all unseen", exactly (Chao et al. 2016).
+
+    An image is predicted unseen once gamma exceeds its ``gap`` (best seen minus best unseen
+    score; on a tie argmax keeps the seen column), so sorting the gaps gives each outcome's
+    per-class mean seen and unseen accuracy by cumulative sums, in O(N log N). Returns the
+    arrays ``gamma`` (one per outcome), ``seen``, ``unseen`` and ``H``.
+    """
+    s = np.asarray(scores, dtype=np.float64)
+    u = np.asarray(unseen_cols, bool)
+    y = np.asarray(y)
+    cols_s, cols_u = np.flatnonzero(~u), np.flatnonzero(u)
+    best_s, best_u = cols_s[s[:, cols_s].argmax(1)], cols_u[s[:, cols_u].argmax(1)]
+    gap = s[np.arange(len(s)), best_s] - s[np.arange(len(s)), best_u]
+    weight = 1.0 / np.bincount(y, minlength=len(u))[y]        # per-class mean accuracy
+    present = np.bincount(y, minlength=len(u)) > 0
+    n_s, n_u = max(1, int((present & ~u).sum())), max(1, int((present & u).sum()))
+    order = np.argsort(gap, kind="stable")
+    g = gap[order]
+    right_s = np.concatenate([[0.0], np.cumsum(((best_s == y) * weight)[order])])
+    right_u = np.concatenate([[0.0], np.cumsum(((best_u == y) * weight)[order])])
+    # Outcomes change where the sorted gaps change; gaps equal to rounding error are one
+    # value, so no swept gamma falls between floating-point twins.
+    step = np.diff(g) > 1e-12 * np.maximum(1.0, np.abs(g[1:]))
+    k = np.concatenate([[0], np.flatnonzero(step) + 1, [len(g)]])  # images flipped to unseen
+    seen = (right_s[-1] - right_s[k]) / n_s
+    unseen = right_u[k] / n_u
+    pad = max(1e-3, 1e-3 * float(np.ptp(g))) if len(g) else 1.0
+    edges = np.concatenate([[g[0] - pad] if len(g) else [0.0], g, [g[-1] + pad] if len(g) else []])
+    gamma = (edges[k] + edges[np.minimum(k + 1, len(edges) - 1)]) / 2  # inside each interval
+    gamma[0], gamma[-1] = edges[0], edges[-1]
+    h = np.where(seen + unseen > 0, 2 * seen * unseen / np.maximum(seen + unseen, 1e-300), 0.0)
+    return {"gamma": gamma, "seen": seen, "unseen": unseen, "H": h}
+
+
+def seen_unseen_curve(scores: np.ndarray, y: np.ndarray, unseen_cols: np.ndarray,
+                      n_points: int = 101) -> dict:
+    """GZSL summarised without choosing a calibration (Chao et al. 2016): AUSUC, the area
+    under the exact seen-unseen curve (:func:`gzsl_sweep`), and ``best_H``, the best harmonic
+    mean over every gamma. ``best_H`` picks gamma on the test images, so it is an upper bound:
+    no calibrated H can exceed it. ``seen``/``unseen``: ``n_points`` of the curve, for plots."""
+    sw = gzsl_sweep(scores, y, unseen_cols)
+    best = int(np.argmax(sw["H"]))
+    keep = np.unique(np.linspace(0, len(sw["H"]) - 1, n_points).round().astype(int))
+    return {"AUSUC": float(np.trapezoid(sw["seen"], sw["unseen"])),
+            "best_H": float(sw["H"][best]), "best_calibration": float(sw["gamma"][best]),
+            "seen": sw["seen"][keep].tolist(), "unseen": sw["unseen"][keep].tolist()}
 
 
 # --- calibrated stacking for GZSL (Chao et al. 2016) ----------------------------------------
@@ -155,18 +164,6 @@ def gzsl_accuracy(scores: np.ndarray, y: np.ndarray, unseen_cols: np.ndarray,
             "gamma": float(gamma)}
 
 
-def gamma_candidates(scores: np.ndarray, unseen_cols: np.ndarray) -> np.ndarray:
-    """Every distinct GZSL outcome's gamma: an image switches from its best seen to its best
-    unseen class when gamma passes ``gap = max_seen - max_unseen``, so the midpoints between
-    sorted distinct gaps (and one value beyond each end) cover all outcomes."""
-    unseen_cols = np.asarray(unseen_cols, bool)
-    s = np.asarray(scores, dtype=np.float64)
-    gaps = np.unique(s[:, ~unseen_cols].max(1) - s[:, unseen_cols].max(1))
-    mids = (gaps[1:] + gaps[:-1]) / 2
-    pad = max(1e-3, 1e-3 * float(np.ptp(gaps)))
-    return np.concatenate([[gaps[0] - pad], mids, [gaps[-1] + pad]])
-
-
 def choose_gamma(val_scores: np.ndarray, val_y: np.ndarray, val_unseen_cols: np.ndarray,
                  gammas: Sequence[float] | None = None) -> dict:
     """Calibration gamma maximising H on a validation round whose "unseen" classes are
@@ -174,15 +171,20 @@ def choose_gamma(val_scores: np.ndarray, val_y: np.ndarray, val_unseen_cols: np.
 
     ``val_scores`` (N, C'): held-out images of the round's classes scored against its C'
     classes; ``val_y``: their column indices; ``val_unseen_cols``: True for pseudo-unseen
-    columns. ``gammas``: the grid (default :func:`gamma_candidates`). Ties in H go to the
-    smallest |gamma| (least correction). Returns ``gamma``, its round's seen/unseen/H, and
-    ``table`` (gamma, H per candidate).
+    columns. ``gammas``: a grid to search (default: every distinct outcome, exactly, by
+    :func:`gzsl_sweep`). Ties in H go to the smallest |gamma| (least correction). Returns
+    ``gamma``, its round's seen/unseen/H and ``table`` (gamma, H per candidate).
     """
-    grid = (gamma_candidates(val_scores, val_unseen_cols) if gammas is None
-            else np.asarray(gammas, dtype=np.float64))
-    pts = [gzsl_accuracy(val_scores, val_y, val_unseen_cols, float(g)) for g in grid]
-    best = min(range(len(pts)), key=lambda i: (-round(pts[i]["H"], 12), abs(grid[i])))
-    return {**pts[best], "table": [(float(g), p["H"]) for g, p in zip(grid, pts)]}
+    if gammas is None:
+        sw = gzsl_sweep(val_scores, val_y, val_unseen_cols)
+        grid, hs = sw["gamma"], sw["H"]
+        best = min(range(len(grid)), key=lambda i: (-round(hs[i], 12), abs(grid[i])))
+        return {"seen": float(sw["seen"][best]), "unseen": float(sw["unseen"][best]),
+                "H": float(hs[best]), "gamma": float(grid[best]),
+                "table": [(float(g), float(h)) for g, h in zip(grid, hs)]}
+    pts = [gzsl_accuracy(val_scores, val_y, val_unseen_cols, float(g)) for g in gammas]
+    best = min(range(len(pts)), key=lambda i: (-round(pts[i]["H"], 12), abs(gammas[i])))
+    return {**pts[best], "table": [(float(g), p["H"]) for g, p in zip(gammas, pts)]}
 
 
 def calibrated_gzsl(val_scores: np.ndarray, val_y: np.ndarray, val_unseen_cols: np.ndarray,

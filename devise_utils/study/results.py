@@ -11,15 +11,21 @@ from typing import Any, NotRequired, TypedDict
 
 #: Display names of the zero-shot methods notebook 06 records beside DeViSE.
 DEVISE_NAME = "DeViSE (Stage II)"
-BASELINES = {"conse": "ConSE (Stage I, no Stage II)", "linear": "linear map (frozen features)"}
+BASELINES = {"conse": "ConSE (Stage I, no Stage II)", "linear": "linear map (frozen features)",
+             "prototypes": "semantic → visual prototypes (EXEM)",
+             "gcn": "WordNet graph propagation (GCNZ)", "eszsl": "ESZSL (closed form)"}
+#: Every method of the study, by key: DeViSE first.
+METHODS = {"devise": DEVISE_NAME, **BASELINES}
 
 #: The flat row of one method's zero-shot and GZSL numbers (:func:`method_row`).
-METHOD_COLUMNS = ("method", "zsl_top1", "chance", "gzsl_seen", "gzsl_unseen", "gzsl_H",
-                  "gzsl_H_calibrated", "gamma", "gzsl_AUSUC", "gzsl_H_oracle")
+METHOD_COLUMNS = ("method", "held_out_seen_top1", "zsl_top1", "zsl_top1_clean", "chance",
+                  "gzsl_seen", "gzsl_unseen", "gzsl_H", "gzsl_H_calibrated", "gamma",
+                  "gzsl_AUSUC", "gzsl_H_oracle")
 
 #: Columns that hold fractions (the report shows them as percentages).
 FRACTIONS = frozenset({
-    "zsl_top1", "chance", "gzsl_seen", "gzsl_unseen", "gzsl_H", "gzsl_H_calibrated",
+    "zsl_top1", "zsl_top1_clean", "held_out_seen_top1", "chance", "gzsl_seen", "gzsl_unseen",
+    "gzsl_H", "gzsl_H_calibrated",
     "gzsl_AUSUC", "gzsl_H_oracle", "stage1_accuracy", "top1", "top3", "top5", "top10",
     "per_class_top1", "zsl_top1_fp32", "zsl_top1_int8", "fp32_zsl_top1", "onnx_int8_zsl_top1",
     "pte_int8_zsl_top1", "chance_unseen", "text_to_image_p@10_seen",
@@ -35,10 +41,20 @@ def is_fraction(column: str) -> bool:
 def method_row(method: str, res: dict[str, Any]) -> dict[str, Any]:
     """One method's headline numbers from its ``zero_shot`` and ``gzsl`` results."""
     z, g = res["zero_shot"], res["gzsl"]
-    return {"method": method, "zsl_top1": z["per_class_top1"], "chance": z["chance"],
+    return {"method": method, "held_out_seen_top1": res.get("held_out_seen_top1"),
+            "zsl_top1": z["per_class_top1"], "zsl_top1_clean": z.get("per_class_top1_clean"),
+            "chance": z["chance"],
             "gzsl_seen": g["seen"], "gzsl_unseen": g["unseen"], "gzsl_H": g["H"],
             "gzsl_H_calibrated": g.get("H_calibrated"), "gamma": g.get("gamma"),
             "gzsl_AUSUC": g["AUSUC"], "gzsl_H_oracle": g["best_H"]}
+
+
+def transductive_row(method: str, res: dict[str, Any]) -> dict[str, Any]:
+    """The same method's zero-shot rescored with CSLS over the unlabelled test images: a
+    transductive number, so its own row, named as such, never the headline."""
+    z = res["zero_shot_transductive"]
+    return {**dict.fromkeys(METHOD_COLUMNS), "method": f"{method} (transductive: CSLS)",
+            "zsl_top1": z["per_class_top1"], "chance": z["chance"]}
 
 
 # --- one typed record per notebook -----------------------------------------------------------
@@ -53,6 +69,7 @@ class DataRecord(TypedDict):
     dim: int
     weights: str
     image_size: int
+    image_size_reason: NotRequired[str]
 
 
 class LrFindRecord(TypedDict):
@@ -87,9 +104,16 @@ class PcaRecord(TypedDict):
 class ZeroShotRecord(TypedDict):
     zero_shot: dict[str, Any]
     gzsl: dict[str, Any]
+    held_out_seen_top1: NotRequired[float | None]
+    zero_shot_transductive: NotRequired[dict[str, Any]]
     methods: list[dict[str, Any]]
     conse: NotRequired[dict[str, Any]]
     linear: NotRequired[dict[str, Any]]
+    prototypes: NotRequired[dict[str, Any]]
+    gcn: NotRequired[dict[str, Any]]
+    eszsl: NotRequired[dict[str, Any]]
+    recommended: NotRequired[str | None]
+    unseen_overlap: NotRequired[list[dict[str, Any]]]
     balance: NotRequired[list[dict[str, Any]] | None]
     split_caveat: NotRequired[list[dict[str, Any]] | None]
     proposed: NotRequired[list[dict[str, Any]] | None]

@@ -12,6 +12,7 @@ otherwise, so asking for metrics never trains silently.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from functools import cached_property
 from pathlib import Path
@@ -22,8 +23,8 @@ import pandas as pd
 
 from devise_utils.core.config import Config, make_config
 from devise_utils.core.files import read_json, write_json
-from devise_utils.data.experiment import Experiment, experiment
-from devise_utils.model.backbones import build_model
+from devise_utils.data.experiment import Experiment, experiment, image_size_for
+from devise_utils.model.backbones import build_model, last_layer
 from devise_utils.model.train import (
     finished_stage,
     lr_find,
@@ -41,14 +42,31 @@ from devise_utils.study.evaluate import (
     image_embeddings,
     linear_map_vectors,
 )
+from devise_utils.study.methods import (
+    class_semantics_for,
+    clean_top1,
+    eszsl_method,
+    gcn_method,
+    prototype_method,
+    unseen_overlap,
+)
 from devise_utils.study.results import check_record
+
+#: Bumped when metrics.json gains or changes a field, so an older cache is not reused.
+METRICS_FORMAT = 2
 
 
 class Run:
     """The study's steps for one :class:`Config` (or a dict of parameters)."""
 
     def __init__(self, cfg: Config | Mapping[str, Any] | None = None, *, log=print):
-        self.cfg = cfg if isinstance(cfg, Config) else make_config(cfg)
+        cfg = cfg if isinstance(cfg, Config) else make_config(cfg)
+        #: Why the input size is what it is (a size chosen from the photos says so).
+        self.image_size_reason = f"{cfg.image_size} px: set"
+        if cfg.image_size == 0:
+            size, self.image_size_reason = image_size_for(cfg)
+            cfg = cfg.replace(image_size=size)
+        self.cfg = cfg
         self.log = log
         self._stages: dict[int, Any] = {}
 
@@ -129,12 +147,12 @@ class Run:
 
     @cached_property
     def stage1_logits(self) -> Embedded:
-        """Stage I outputs (seen-class logits) of the valid and unseen images. Reads
+        """Stage I outputs (seen-class logits) of every held-out image. Reads
         stage1.pth; writes ``logits.npz`` in the Stage I folder."""
         s1, t = self.stage1, self.data.table
 
         def compute() -> Embedded:
-            return embed_table(t[t["split"].isin(["valid", "unseen"])], s1.model(),
+            return embed_table(t[t["split"] != "train"], s1.model(),
                                self.cfg.batch_size, self.device, normalize=False)
 
         return _cached(self.cfg.stage_dir(1) / "logits.npz", s1.path, compute)
@@ -152,6 +170,48 @@ class Run:
             return backbone_features(self.data, model, self.device)
 
         return _cached(cfg.stage_dir(1) / "features.npz", s1.path, compute)
+
+    @cached_property
+    def penultimate(self) -> Embedded:
+        """Stage I's penultimate features (the input of its classifier) of every image: what
+        the transfer methods build prototypes and weights in. Writes ``penultimate.npz``."""
+        s1 = self.stage1
+
+        def compute() -> Embedded:
+            return embed_table(self.data.table, last_layer(s1.model())[0], self.cfg.batch_size,
+                               self.device, normalize=False)
+
+        return _cached(self.cfg.stage_dir(1) / "penultimate.npz", s1.path, compute)
+
+    @cached_property
+    def class_space(self) -> dict[str, Any]:
+        """The class side of the transfer methods: semantics ``S`` (``cfg.semantics``) and
+        the WordNet graph over the classes (:func:`.methods.class_semantics_for`)."""
+        exp, cfg = self.data, self.cfg
+        synsets = cfg.class_synsets or exp.dataset.root / "class_synsets.txt"
+        return class_semantics_for(exp, cfg.semantics,
+                                   str(synsets) if Path(synsets).is_file() else None,
+                                   cfg.graph_hops)
+
+    def transfer_vectors(self) -> dict[str, tuple[Embedded, np.ndarray, dict[str, Any]]]:
+        """The semantic-side methods from this run's Stage I: name -> (image vectors of the
+        held-out images, one row per class, the hyperparameters chosen on seen classes)."""
+        exp, space, pen = self.data, self.class_space, self.penultimate
+        out = {"prototypes": prototype_method(pen, exp.seen, space["S"]),
+               "eszsl": eszsl_method(pen, exp.seen, space["S"])}
+        if space["adjacency"] is not None:
+            W = last_layer(self.stage1.model())[1]
+            out["gcn"] = gcn_method(pen, exp.seen, W, space["adjacency"], space["node_vecs"],
+                                    len(exp.classes), self.cfg.seed)
+        else:
+            self.log(f"graph method left out: {space['why_no_graph']}")
+        return out
+
+    def method_vectors(self) -> dict[str, tuple[Embedded, np.ndarray | None, dict[str, Any]]]:
+        """Every method but DeViSE as (image vectors, class rows (None = the class word
+        vectors), what was chosen), on the same held-out images DeViSE is scored on."""
+        out = {k: (v, None, {}) for k, v in self.baseline_embeddings().items()}
+        return {**out, **self.transfer_vectors()}
 
     # -- metrics ------------------------------------------------------------------------------
 
@@ -180,13 +240,23 @@ class Run:
         }
         if baselines:
             result["baselines"] = {
-                name: E.score_method(exp, emb, cal and cal[name], self.cfg.csls_k)
-                for name, emb in self.baseline_embeddings().items()}
+                name: {**E.score_method(exp, emb, cal and cal[name], self.cfg.csls_k, rows),
+                       "chosen": chosen}
+                for name, (emb, rows, chosen) in self.method_vectors().items()}
+        if cal is not None:
+            _held_out_scores(result, cal)
+        result["unseen_overlap"] = overlap = unseen_overlap(
+            exp, self.cfg.pretrained, self.class_space["synsets"])
+        for res in [result, *(result.get("baselines") or {}).values()]:
+            res["zero_shot"]["per_class_top1_clean"] = clean_top1(res["zero_shot"], overlap)
         write_json(path, result)
         return result
 
     def _eval_key(self, baselines: bool, calibrate: bool) -> str:
-        return f"c{self.cfg.csls_k}-t{self.cfg.conse_top}-b{int(baselines)}-g{int(calibrate)}"
+        c = self.cfg
+        side = hashlib.sha256(f"{c.semantics}|{c.class_synsets}|{c.graph_hops}".encode())
+        return (f"v{METRICS_FORMAT}-c{c.csls_k}-t{c.conse_top}-b{int(baselines)}"
+                f"-g{int(calibrate)}-s{side.hexdigest()[:8]}")
 
     def baseline_embeddings(self) -> dict[str, Embedded]:
         """ConSE (from Stage I, no Stage II) and the linear map (ridge on frozen features,
@@ -205,8 +275,8 @@ class Run:
                  "pseudo-unseen", flush=True)
         r.train()
         out = {"devise": _round_scores(r.data, r.embeddings)}
-        for name, emb in r.baseline_embeddings().items():
-            out[name] = _round_scores(r.data, emb)
+        for name, (emb, rows, _) in r.method_vectors().items():
+            out[name] = _round_scores(r.data, emb, rows)
         return out
 
     # -- results of notebooks -----------------------------------------------------------------
@@ -230,10 +300,28 @@ def _cached(path: Path, source: Path, compute) -> Embedded:
     return emb
 
 
-def _round_scores(exp: Experiment, emb: Embedded) -> dict[str, np.ndarray]:
+def _round_scores(exp: Experiment, emb: Embedded, rows: np.ndarray | None = None
+                  ) -> dict[str, Any]:
     """Scores of a calibration round: its held-out images (valid of the kept classes and
-    every image of the pseudo-unseen ones) against all of its class vectors."""
+    the train and valid images of the pseudo-unseen ones) against all of its classes
+    (``rows``, default the class vectors); and ``held_out_top1``, zero-shot per-class top-1
+    on the pseudo-unseen classes: the held-out-seen score that chooses among methods."""
+    rows = exp.class_vectors() if rows is None else rows
     test = emb.of("valid", "unseen")
     cols = np.arange(len(exp.classes)) >= len(exp.seen)
-    return {"val_scores": M.cosine_scores(test.X, exp.class_vectors()),
-            "val_y": test.labels(exp.classes), "val_unseen_cols": cols}
+    scores = M.cosine_scores(test.X, rows)
+    pseudo = test.split == "unseen"
+    held = M.zero_shot_from_scores(scores[np.ix_(pseudo, cols)], test.cls[pseudo].tolist(),
+                                   exp.unseen)["per_class_top1"]
+    return {"val_scores": scores, "val_y": test.labels(exp.classes), "val_unseen_cols": cols,
+            "held_out_top1": held}
+
+
+def _held_out_scores(result: dict[str, Any], cal: dict[str, Any]) -> None:
+    """Each method's held-out-seen score (its calibration round's pseudo-unseen zero-shot)
+    beside its numbers, and ``recommended``: the method that scores best there."""
+    result["held_out_seen_top1"] = cal["devise"]["held_out_top1"]
+    scores = {"devise": result["held_out_seen_top1"]}
+    for name, res in (result.get("baselines") or {}).items():
+        res["held_out_seen_top1"] = scores[name] = cal[name]["held_out_top1"]
+    result["recommended"] = max(scores, key=lambda k: (round(scores[k], 12), k == "devise"))

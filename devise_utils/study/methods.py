@@ -1,0 +1,180 @@
+"""The zero-shot methods that work on the semantic side, beside DeViSE, ConSE and the map.
+
+Each turns what a run already has (Stage I's penultimate features and classifier, the
+class semantics) into image vectors plus one row per class (seen, then unseen), scored by
+cosine like every other method, so the same metrics, calibration round and phone export
+apply: the class matrix is a plain linear head.
+
+- ``prototypes`` (EXEM, Changpinyo et al. 2017): kernel ridge from the seen classes'
+  semantics to their feature centres predicts each unseen class's centre.
+- ``gcn`` (GCNZ, Wang et al. 2018): a 2-layer GCN over the classes' WordNet neighbourhood
+  regresses the seen classes' Stage I classifier weights; its outputs at the unseen classes
+  are their weights. Its targets come from seen classes only.
+- ``eszsl`` (Romera-Paredes & Torr 2015): the closed-form bilinear baseline.
+
+Hyperparameters are chosen inside each fit by leaving seen classes out (never by an unseen
+or test-seen image).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from itertools import product
+from typing import Any
+
+import numpy as np
+
+from devise_utils.data.vectors import load_vectors, normalize
+from devise_utils.study import semantics as S_
+from devise_utils.study import transfer as T
+from devise_utils.study.baselines import class_folds
+from devise_utils.study.embedded import Embedded
+from devise_utils.study.imagenet import imagenet_overlap
+from devise_utils.study.metrics import mean_per_class_accuracy
+
+PROTOTYPE_GRID = [{"kernel": "linear", "lam": lam, "gamma": 1.0} for lam in (0.01, 0.1, 1.0)] + [
+    {"kernel": "rbf", "lam": lam, "gamma": g} for lam, g in product((0.01, 0.1), (0.5, 1, 2))]
+ESZSL_GRID = [{"gamma": g, "lam": lam} for g, lam in product((1e2, 1e3, 1e4), (0.1, 1.0, 10.0))]
+
+
+def held_out_classes_score(fit_predict: Callable[[np.ndarray, np.ndarray], np.ndarray],
+                           X: np.ndarray, y: np.ndarray, n_seen: int, n_folds: int = 4,
+                           seed: int = 0) -> float:
+    """Mean per-class top-1 over folds of held-out seen classes: ``fit_predict(kept, held)``
+    (class indices) returns scores (n_images of held classes, len(held)) among the held
+    classes only, fitted without any of their images."""
+    folds = class_folds(n_seen, min(n_folds, n_seen), seed)
+    out = []
+    for held in folds:
+        kept = np.setdiff1d(np.arange(n_seen), held)
+        m = np.isin(y, held)
+        s = fit_predict(kept, held)
+        pos = {c: i for i, c in enumerate(held)}
+        out.append(mean_per_class_accuracy(s.argmax(1), np.array([pos[c] for c in y[m]]),
+                                           len(held)))
+    return float(np.mean(out))
+
+
+def _choose(grid: Sequence[dict[str, Any]], score: Callable[[dict[str, Any]], float]
+            ) -> tuple[dict[str, Any], float]:
+    scored = [(score(hp), i) for i, hp in enumerate(grid)]
+    best, i = max(scored, key=lambda t: (round(t[0], 12), -t[1]))
+    return dict(grid[i]), best
+
+
+def prototype_method(feats: Embedded, seen: Sequence[str], S: np.ndarray
+                     ) -> tuple[Embedded, np.ndarray, dict[str, Any]]:
+    """EXEM: standardised features, seen rows = the seen classes' train centres, unseen rows
+    = the centres predicted from their semantics ``S`` (rows: seen then unseen)."""
+    train, n = feats.of("train"), len(seen)
+    mean, scale = T.standardizer(train.X)
+    X, y = (train.X - mean) / scale, train.labels(seen)
+    centres = T.class_centres(X, y, n)
+
+    def fit_predict(hp: dict[str, Any]):
+        def run(kept: np.ndarray, held: np.ndarray) -> np.ndarray:
+            m = np.isin(y, kept)
+            c = T.class_centres(X[m], np.searchsorted(kept, y[m]), len(kept))
+            protos = T.ridge_transfer(S[kept], c, S[held], **hp)
+            return T.prototype_scores(X[np.isin(y, held)], protos)
+        return run
+
+    hp, cv = _choose(PROTOTYPE_GRID,
+                     lambda hp: held_out_classes_score(fit_predict(hp), X, y, n))
+    unseen = T.ridge_transfer(S[:n], centres, S[n:], **hp)
+    held = feats.of("valid", "test_seen", "unseen")
+    return (held.with_vectors((held.X - mean) / scale), np.vstack([centres, unseen]),
+            {**hp, "held_out_classes_top1": cv})
+
+
+def eszsl_method(feats: Embedded, seen: Sequence[str], S: np.ndarray
+                 ) -> tuple[Embedded, np.ndarray, dict[str, Any]]:
+    """ESZSL: image vectors ``x V`` in semantic space, class rows = the semantics ``S``."""
+    train, n = feats.of("train"), len(seen)
+    mean, scale = T.standardizer(train.X)
+    X, y = (train.X - mean) / scale, train.labels(seen)
+
+    def fit_predict(hp: dict[str, Any]):
+        def run(kept: np.ndarray, held: np.ndarray) -> np.ndarray:
+            m = np.isin(y, kept)
+            V = T.eszsl_fit(X[m], np.searchsorted(kept, y[m]), S[kept], **hp)
+            return T.bilinear_scores(X[np.isin(y, held)], V, S[held])
+        return run
+
+    hp, cv = _choose(ESZSL_GRID, lambda hp: held_out_classes_score(fit_predict(hp), X, y, n))
+    V = T.eszsl_fit(X, y, S[:n], **hp)
+    held = feats.of("valid", "test_seen", "unseen")
+    return (held.with_vectors(((held.X - mean) / scale) @ V), S,
+            {**hp, "held_out_classes_top1": cv})
+
+
+def gcn_method(pen: Embedded, seen: Sequence[str], W: np.ndarray, adjacency: np.ndarray,
+               node_vecs: np.ndarray, n_classes: int, seed: int = 0
+               ) -> tuple[Embedded, np.ndarray, dict[str, Any]]:
+    """GCNZ: Stage I's penultimate features; seen rows = Stage I's classifier weights ``W``
+    (n_seen, d), unseen rows = the GCN's outputs at the unseen class nodes. The graph's
+    first ``n_classes`` nodes are the classes (seen then unseen)."""
+    n = len(seen)
+    A = T.normalized_adjacency(adjacency)
+    unseen = T.gcn_transfer(A, node_vecs, list(range(n)), W, list(range(n, n_classes)),
+                            seed=seed)
+    held = pen.of("valid", "test_seen", "unseen")
+    return held, np.vstack([normalize(W), unseen]), {"graph_nodes": len(A)}
+
+
+# --- the class side: semantics and the WordNet graph -----------------------------------------
+
+def class_semantics_for(exp: Any, parts: str, synsets_file: str | None, hops: int
+                        ) -> dict[str, Any]:
+    """The class matrix ``S`` (seen then unseen) for ``parts`` (``"name"``, or WordNet parts
+    joined by ``+``: ``"name+synonyms+gloss+hypernyms"``), and, when WordNet is there, the
+    WordNet graph over the classes and their ancestors within ``hops`` (``adjacency``,
+    ``node_vecs``; None when no class has a synset). WordNet missing is an error only when
+    ``parts`` need it; then the graph method is left out."""
+    wanted = parts.split("+")
+    try:
+        wn = S_.wordnet()
+    except S_.WordNetMissingError:
+        if wanted != ["name"]:
+            raise
+        return {"S": exp.class_vectors(), "adjacency": None, "node_vecs": None, "synsets": None,
+                "why_no_graph": "WordNet is not installed (nltk.download('wordnet'))"}
+    overrides = S_.read_class_synsets(synsets_file, wn) if synsets_file else {}
+    syn = S_.class_synsets(exp.classes, overrides, wn)
+    A, nodes = S_.wordnet_graph(syn, hops)
+    words = {w for s in syn if s is not None
+             for ws in S_.semantic_words(s, [p for p in wanted if p != "name"]).values()
+             for w in ws}
+    words |= {lem.lower() for s in nodes[len(syn):] for lem in s.lemma_names()}
+    wv = load_vectors(exp.vectors_path, words=exp.classes, optional=sorted(words),
+                      hash_file=False)
+    S = S_.class_semantics(exp.classes, wv, wanted, syn)
+    if all(s is None for s in syn):
+        return {"S": S, "adjacency": None, "node_vecs": None, "synsets": syn,
+                "why_no_graph": "no class name has a WordNet synset"}
+    return {"S": S, "adjacency": A, "synsets": syn,
+            "node_vecs": S_.node_semantics(nodes, wv, len(syn), S), "why_no_graph": None}
+
+
+def unseen_overlap(exp: Any, pretrained: bool, synsets: Sequence[Any] | None
+                   ) -> list[dict[str, Any]]:
+    """Which unseen classes the backbone has seen: ImageNet-1K overlap by name and WordNet
+    (:func:`~devise_utils.study.imagenet.imagenet_overlap`; by name alone without WordNet),
+    or none at all when the backbone was trained from scratch here."""
+    if not pretrained:
+        return [{"class": c, "imagenet": False, "reasons": [
+            "backbone trained from scratch on the seen classes: it saw no ImageNet class"]}
+            for c in exp.unseen]
+    n = len(exp.seen)
+    try:
+        return imagenet_overlap(exp.unseen, synsets[n:] if synsets else None)
+    except S_.WordNetMissingError:
+        return imagenet_overlap(exp.unseen, [None] * len(exp.unseen))
+
+
+def clean_top1(zero_shot: dict[str, Any], overlap: Sequence[dict[str, Any]]) -> float | None:
+    """Per-class mean top-1 over the unseen classes the backbone never saw (candidates: all
+    unseen classes, as in the headline); None when every unseen class was seen."""
+    clean = [r["class"] for r in overlap if not r["imagenet"]]
+    acc = [zero_shot["per_class"][c] for c in clean if zero_shot["per_class"].get(c) is not None]
+    return float(np.mean(acc)) if acc else None

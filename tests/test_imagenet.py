@@ -1,0 +1,55 @@
+"""ImageNet-1K overlap check: which class names an ImageNet backbone was trained on."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from conftest import SHARED
+
+from devise_utils.study import imagenet as I
+from devise_utils.study import semantics as S
+
+NLTK_DATA = SHARED / "nltk_data"
+
+
+@pytest.fixture(scope="module")
+def wn():
+    if not (NLTK_DATA / "corpora" / "wordnet.zip").is_file():
+        pytest.skip(f"WordNet not found at {NLTK_DATA} (../shared is absent on a user's clone; "
+                    "set DEVISE_SHARED to point at it)")
+    return S.wordnet(str(NLTK_DATA))
+
+
+def test_vendored_wnids_and_torchvision_categories_line_up():
+    wnids, cats = I.imagenet_wnids(), I.imagenet_categories()
+    assert len(wnids) == len(set(wnids)) == 1000 == len(cats)
+    assert all(re.fullmatch(r"n\d{8}", w) for w in wnids)
+    assert (wnids[0], cats[0]) == ("n01440764", "tench")
+    assert cats[wnids.index("n04465501")] == "tractor"
+
+
+def test_known_imagenet_classes_are_flagged(wn):
+    tractor, orange = I.imagenet_overlap(["tractor", "orange"], wn=wn)
+    for r in (tractor, orange):
+        assert r["imagenet"] and r["name_match"] and r["wordnet_match"]
+    assert any("n04465501" in why for why in tractor["reasons"])
+    assert any("n07747607" in why for why in orange["reasons"])
+
+
+def test_clean_classes_pass(wn):
+    for r in I.imagenet_overlap(["menorah", "stapler", "helicopter", "joshua+tree"], wn=wn):
+        assert not r["imagenet"] and r["reasons"] == [], r
+
+
+def test_hyponyms_synonyms_and_names_unknown_to_wordnet(wn):
+    dog, rooster, wild = I.imagenet_overlap(["dog", "rooster", "wild+cat"], wn=wn)
+    assert dog["imagenet"] and not dog["name_match"]          # only its breeds are classes
+    assert "hyponym(s) of dog.n.01" in dog["reasons"][0]
+    assert rooster["imagenet"] and "'cock'" in rooster["reasons"][0]   # cock.n.04's lemma
+    assert not wild["imagenet"] and "name check only" in wild["reasons"][0]
+    # with its synset given, wild+cat is caught by its hyponyms (cougar, lynx are classes)
+    syn = S.class_synsets(["wild+cat"], {"wild+cat": "n02124623"}, wn)
+    assert I.imagenet_overlap(["wild+cat"], syn, wn)[0]["imagenet"]
+    with pytest.raises(ValueError, match="entries for 2 names"):
+        I.imagenet_overlap(["dog", "cat"], syn, wn)
