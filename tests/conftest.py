@@ -27,7 +27,7 @@ _SMOKE_DIR = Path(tempfile.mkdtemp(prefix="devise-smoke-"))
 
 
 def smoke_params() -> dict:
-    """The notebooks' small budget, with the data and model cache this session shares."""
+    """The notebooks' small budget, with the data and model cache this test run shares."""
     return {**SMOKE, "data_dir": str(_SMOKE_DIR / "data"), "runs_dir": str(_SMOKE_DIR / "runs")}
 
 
@@ -69,7 +69,7 @@ def shared() -> Path:
 
 @pytest.fixture(scope="session")
 def builtin_dir(tmp_path_factory) -> Path:
-    """A data_dir holding the generated built-in dataset (made once per test session)."""
+    """A data_dir holding the generated built-in dataset (made once per test run)."""
     from devise_utils.data.builtin import ensure_builtin
 
     d = tmp_path_factory.mktemp("data")

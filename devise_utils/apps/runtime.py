@@ -12,7 +12,7 @@ from devise_utils.model.predict import as_batch
 
 
 def onnx_session(path: str | Path, threads: int = 1):
-    """An onnxruntime CPU session (``threads`` intra-op threads; 1 = a phone's single core)."""
+    """An onnxruntime CPU InferenceSession (``threads`` intra-op threads; 1 = one phone core)."""
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
