@@ -43,7 +43,8 @@ lab: $(STAMP)
 lint: $(STAMP)
 	$(PY) -m ruff check devise_utils tests bench notebooks
 
-## bench: training-throughput, search, vocabulary-search and export benchmarks (figures go in the README)
+## bench: training-throughput, search, vocabulary-search and export benchmarks
+## (figures go in docs/benchmarks.md)
 bench: $(STAMP)
 	$(PY) bench/bench_train.py
 	$(PY) bench/bench_search.py
@@ -55,9 +56,9 @@ bench: $(STAMP)
 bench-recipes: $(STAMP)
 	$(PY) bench/bench_recipes.py $(ARGS)
 
-## bench-pipeline: time README's real-photo command end to end in a fresh work folder (wall
-## time, peak RSS of the process tree, per notebook; needs ../shared). DATASET=builtin times
-## README's first command instead.
+## bench-pipeline: time the real-photo command of docs/results.md end to end in a fresh work
+## folder (wall time, peak RSS of the process tree, per notebook; needs ../shared).
+## DATASET=builtin times README's first command instead.
 DATASET ?= tiny-objects-50
 bench-pipeline: $(STAMP)
 	$(PY) bench/bench_pipeline.py --dataset $(DATASET) $(ARGS)

@@ -18,7 +18,7 @@ rank loss), epochs, augmentation, the final BatchNorm; each scored with
 plain cosine, with CSLS, and with the class vectors centred on the seen-class mean (a
 non-transductive hubness correction). Not a test: it trains models.
 
-    python bench/bench_heads.py                    # tiny-objects-50, README's recipe
+    python bench/bench_heads.py                    # tiny-objects-50, the pretrained recipe
     python bench/bench_heads.py --runs /tmp/run/runs --data /tmp/run/data
 
 Writes bench/heads.json (not committed) and prints a Markdown table.

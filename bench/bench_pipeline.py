@@ -1,7 +1,7 @@
-"""Time README's real-photo command end to end: wall time and peak memory of the whole study.
+"""Time the study's real-photo command end to end: wall time and peak memory of the whole study.
 
-Runs ``python -m devise_utils.pipeline`` exactly as README gives it (no ``--set``), in a
-fresh work folder (prepared-image cache, model cache and report all start empty, so data
+Runs ``python -m devise_utils.pipeline`` exactly as docs/results.md gives it (no ``--set``),
+in a fresh work folder (prepared-image cache, model cache and report all start empty, so data
 prep and every training step are counted), and samples the resident memory of the whole
 process tree (the pipeline and its notebook kernel) every half second. Not a test.
 

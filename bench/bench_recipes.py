@@ -1,4 +1,4 @@
-"""The evidence table of README's "Real photos": dataset x recipe x method, one run each.
+"""The real-photo evidence table of docs/results.md: dataset x recipe x method, one run each.
 
 Rows: each dataset, the poster's recipe and the recipe chosen for real photos
 (``config.POSTER_RECIPE`` / ``config.PRETRAINED_RECIPE``), and three methods scored on the

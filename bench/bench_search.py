@@ -5,7 +5,7 @@
 
 ``random``: isotropic unit vectors, HNSW's worst case (no structure to exploit).
 ``clustered``: points around 50 class centres, like trained image embeddings.
-HNSW uses the library defaults (search.HNSW_PARAMS, EF_SEARCH) unless overridden.
+HNSW uses the library defaults (index.HNSW_PARAMS, EF_SEARCH) unless overridden.
 ``--hnsw-max-n``: above it only the exact search is timed (a 1M-point HNSW
 build takes hours on 2 cores with this nmslib wheel, which was compiled without
 SSE/AVX). Latency is per query, one query at a time: HNSW on 1 thread, NumPy (one

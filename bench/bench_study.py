@@ -1,4 +1,4 @@
-"""The study at real size, every backbone on one budget (the README's GPU tables).
+"""The study at real size, every backbone on one budget (docs/results.md, earlier GPU checks).
 
 Not a test: trains Stage I + II per backbone (and split) through the package (fastai,
 cached under --runs), prints one JSON row each and writes bench/bench_study.json.

@@ -127,14 +127,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--vectors", help="word vectors (.vec/.txt/.bin); default: the dataset's")
     p.add_argument("--weights", help="backbone weights: none, imagenet, or a local file; "
                                      "pretrained weights switch the defaults to the real-photo "
-                                     "recipe (devise_utils/config.py PRETRAINED_RECIPE)")
+                                     "recipe (devise_utils/core/config.py PRETRAINED_RECIPE)")
     p.add_argument("--data-dir", help="where datasets and caches live (default: data/)")
     p.add_argument("--runs-dir", help="model/artifact cache (default: runs/)")
     p.add_argument("--out", help="report folder (default: reports/<dataset name>)")
     p.add_argument("--from", dest="start", type=int, default=0,
                    help="resume: start at notebook NN, keep earlier outputs")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="any other parameter of devise_utils/config.py, e.g. --set "
+                   help="any other parameter of devise_utils/core/config.py, e.g. --set "
                         "stage1_epochs=10 (values are read as JSON, else as text)")
     return p.parse_args(argv)
 

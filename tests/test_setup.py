@@ -62,6 +62,44 @@ def test_readme_opens_with_the_two_commands_and_ci_runs_the_second():
     assert re.search(r"^make test$", ci, re.M)
 
 
+README_MAX_BYTES = 12_000
+LINK = re.compile(r"\]\(([^)\s]+)\)")
+
+
+def _anchors(md: str) -> set[str]:
+    """GitHub's heading anchors: lower case, punctuation dropped, spaces to hyphens."""
+    heads = re.findall(r"^#+\s+(.+?)\s*$", re.sub(r"```.*?```", "", md, flags=re.S), re.M)
+    return {re.sub(r"[^\w\- ]", "", h.lower()).replace(" ", "-") for h in heads}
+
+
+def test_readme_is_short_and_links_every_docs_page():
+    readme = ROOT / "README.md"
+    size = readme.stat().st_size
+    assert size <= README_MAX_BYTES, f"README.md is {size} bytes; move details into docs/"
+    links = {t.split("#")[0] for t in LINK.findall(readme.read_text())}
+    linked = {t for t in links if t.startswith("docs/") and t.endswith(".md")}
+    pages = {p.relative_to(ROOT).as_posix() for p in (ROOT / "docs").glob("*.md")}
+    assert pages, "docs/ has no pages"
+    assert not linked - pages, f"README links missing pages: {sorted(linked - pages)}"
+    assert not pages - linked, f"README does not link: {sorted(pages - linked)}"
+
+
+def test_markdown_links_resolve():
+    docs = [ROOT / "README.md", ROOT / "CHANGELOG.md", *sorted((ROOT / "docs").glob("*.md"))]
+    broken = []
+    for doc in docs:
+        for target in LINK.findall(doc.read_text()):
+            if re.match(r"[a-z]+:", target):
+                continue  # http(s), mailto: not checked offline
+            path, _, anchor = target.partition("#")
+            dest = (doc.parent / path).resolve() if path else doc
+            if not dest.exists():
+                broken.append(f"{doc.name}: {target}")
+            elif anchor and dest.suffix == ".md" and anchor not in _anchors(dest.read_text()):
+                broken.append(f"{doc.name}: {target} (no such heading)")
+    assert not broken, broken
+
+
 def test_cli_help_lists_the_subcommands():
     out = subprocess.run([sys.executable, "-m", "devise_utils", "--help"], capture_output=True,
                          text=True, check=True).stdout

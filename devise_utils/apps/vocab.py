@@ -10,7 +10,7 @@ vectors and a faiss HNSW graph (inner product = cosine), saved atomically under
 only load it (memory-mapped: 0.14 s of CPU for GloVe's 336k clean words). faiss,
 not the project's nmslib, does the vocabulary: its PyPI wheel ships AVX2 code
 (chosen at run time, no compiler needed), while nmslib's wheel is SSE2-only and
-compiling nmslib takes minutes of CPU per install (bench/bench_vocab.py, README).
+compiling nmslib takes minutes of CPU per install (bench/bench_vocab.py, docs/benchmarks.md).
 
 The vector file's sha256 keys the folder and is recorded in ``vocab.json``; an
 index opened with another file raises

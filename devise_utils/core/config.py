@@ -39,7 +39,7 @@ BACKBONES = ("squeezenet1_1", "resnet34", "efficientnet_lite0")
 MOBILE_FORMATS = ("onnx", "executorch", "torchscript")
 
 #: Laid over the defaults when ``weights`` is not "none": the recipe for real photos with
-#: an ImageNet backbone (see README, "Real photos"; chosen on seen-class validation).
+#: an ImageNet backbone (see docs/results.md, "Real photos"; chosen on seen-class validation).
 PRETRAINED_RECIPE: dict[str, Any] = {
     "image_size": 0,           # from the photos: their size, capped by the CPU budget below
     "stage1_epochs": 3,        # Stage I fine-tunes the whole body (1 head epoch, then all)
