@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: reports test check-report lab lint bench bench-recipes bench-pipeline lock venv clean
+.PHONY: reports test check-report demo lab lint bench bench-recipes bench-pipeline lock venv clean
 
 ## reports: run the whole study (every notebook, built-in dataset) into reports/builtin/
 reports: $(STAMP)
@@ -24,6 +24,19 @@ test: $(STAMP)
 REPORT_DIR ?= reports/builtin
 check-report: $(STAMP)
 	$(PY) -m devise_utils.report check $(REPORT_DIR) $(if $(SCREENSHOT),--screenshot $(SCREENSHOT)) $(ARGS)
+
+## demo: a static web page that runs a Stage II model in the browser (int8 ONNX on
+## onnxruntime-web, offline) into DEMO_DIR; serve it with `python -m http.server -d DEMO_DIR`.
+## MODEL=path/stage2.pth (default: the newest under runs/, e.g. from `make reports`).
+MODEL ?= $(firstword $(shell ls -t runs/*-s2-*/stage2.pth 2>/dev/null))
+DEMO_DIR ?= reports/demo
+demo: $(STAMP) web/node_modules/.package-lock.json
+	@test -n "$(MODEL)" || { echo "no Stage II checkpoint under runs/: run make reports, or pass MODEL=path/stage2.pth"; exit 1; }
+	$(PY) -m devise_utils demo --model $(MODEL) --out $(DEMO_DIR) $(ARGS)
+
+## onnxruntime-web as web/package-lock.json pins it (npm registry; no install scripts run)
+web/node_modules/.package-lock.json: web/package.json web/package-lock.json
+	npm ci --prefix web --ignore-scripts --no-audit --no-fund
 
 ## venv: create or refresh the project virtualenv from requirements.lock (no-op when current)
 venv: $(STAMP)

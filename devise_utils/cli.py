@@ -124,8 +124,31 @@ def _export(sub) -> None:
     p.set_defaults(func="devise_utils.apps.commands:export")
 
 
+def _demo(sub) -> None:
+    p = sub.add_parser(
+        "demo", help="write a static web page that runs the int8 model in the browser",
+        description="Write a folder any static server can serve (offline): the page, the "
+                    "int8 ONNX model, onnxruntime-web (from web/node_modules: npm ci --prefix "
+                    "web), a vocabulary, the class vectors and a small gallery. Photo -> tags "
+                    "and a zero-shot label; words -> gallery photos; all on the device.")
+    p.add_argument("--model", required=True, help="Stage II checkpoint (stage2.pth)")
+    p.add_argument("--out", required=True, help="output folder (served as static files)")
+    p.add_argument("--vectors", help="word vectors for tags and class names (default: the "
+                   "checkpoint's file; same dimension as the model)")
+    p.add_argument("--vocab-size", type=int, default=20000, help="tags come from this many "
+                   "most frequent words of the vector file (default 20000)")
+    p.add_argument("--classes", help="the page's class list, comma-separated (default: the "
+                   "checkpoint's seen and unseen classes); the page lets the user edit it")
+    p.add_argument("--photos", help="gallery and int8 calibration photos (default: the "
+                   "checkpoint's dataset)")
+    p.add_argument("--n-gallery", type=int, default=48, help="gallery photos to ship")
+    p.add_argument("--node-modules", help="node_modules holding onnxruntime-web "
+                   "(default: web/node_modules)")
+    p.set_defaults(func="devise_utils.apps.demo:command")
+
+
 #: The subcommands, in the order --help lists them.
-COMMANDS = (_download, _prepare, _run, _index_and_search, _tag_and_label, _export)
+COMMANDS = (_download, _prepare, _run, _index_and_search, _tag_and_label, _export, _demo)
 
 
 def build_parser() -> argparse.ArgumentParser:
