@@ -65,5 +65,6 @@ def test_readme_opens_with_the_two_commands_and_ci_runs_the_second():
 def test_cli_help_lists_the_subcommands():
     out = subprocess.run([sys.executable, "-m", "devise_utils", "--help"], capture_output=True,
                          text=True, check=True).stdout
-    for cmd in ("download", "prepare", "run", "index", "search", "tag", "label", "export"):
+    for cmd in ("download", "prepare", "run", "train", "index", "search", "tag", "label",
+                "export"):
         assert re.search(rf"^\s+{cmd}\b", out, re.M) or f"{{{cmd}" in out or f",{cmd}" in out, cmd
