@@ -57,6 +57,28 @@ def _run(sub) -> None:
     p.set_defaults(func="devise_utils.pipeline:command")
 
 
+def _train(sub) -> None:
+    p = sub.add_parser(
+        "train", help="train one stage, on one process or several (accelerate launch, torchrun)",
+        description="Train Stage I or II of the configuration the parameters name and write "
+                    "its checkpoint where the pipeline and the notebooks find it. Under "
+                    "`accelerate launch` or `torchrun` every process trains on its shard of "
+                    "the data and rank 0 writes the files (docs/distributed.md).")
+    p.add_argument("--stage", type=int, choices=(1, 2), required=True,
+                   help="1: the classifier; 2: the embedding (needs Stage I)")
+    p.add_argument("--dataset", default="builtin",
+                   help="builtin (default), awa2, or a folder in AwA2 layout")
+    p.add_argument("--vectors", help="word vectors (.vec/.txt/.bin); default: the dataset's")
+    p.add_argument("--weights", help="backbone weights: none, imagenet, or a local file")
+    p.add_argument("--data-dir", help="where datasets and caches live (default: data/)")
+    p.add_argument("--runs-dir", help="model/artifact cache (default: runs/)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="any other parameter of devise_utils/core/config.py, as for the "
+                        "pipeline (values are read as JSON, else as text)")
+    p.add_argument("--force", action="store_true", help="train again even if already trained")
+    p.set_defaults(func="devise_utils.launch:command")
+
+
 def _index_and_search(sub) -> None:
     p = sub.add_parser("index", help="embed a folder of photos and build a search index")
     p.add_argument("photos", help="folder of images (searched recursively)")
@@ -148,7 +170,8 @@ def _demo(sub) -> None:
 
 
 #: The subcommands, in the order --help lists them.
-COMMANDS = (_download, _prepare, _run, _index_and_search, _tag_and_label, _export, _demo)
+COMMANDS = (_download, _prepare, _run, _train, _index_and_search, _tag_and_label, _export,
+            _demo)
 
 
 def build_parser() -> argparse.ArgumentParser:

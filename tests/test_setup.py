@@ -103,6 +103,6 @@ def test_markdown_links_resolve():
 def test_cli_help_lists_the_subcommands():
     out = subprocess.run([sys.executable, "-m", "devise_utils", "--help"], capture_output=True,
                          text=True, check=True).stdout
-    for cmd in ("download", "prepare", "run", "index", "search", "tag", "label", "export",
-                "demo"):
+    for cmd in ("download", "prepare", "run", "train", "index", "search", "tag", "label",
+                "export", "demo"):
         assert re.search(rf"^\s+{cmd}\b", out, re.M) or f"{{{cmd}" in out or f",{cmd}" in out, cmd

@@ -6,6 +6,8 @@ vectors) and writes ``<runs>/<backbone>-s1-<key>/stage1.pth``; Stage II reads th
 Experiment and that Stage I result and writes ``.../stage2.pth`` plus per-epoch
 snapshots. A finished stage is found by its config key and data fingerprint and loaded
 instead of trained again, so an interrupted run resumes from the last finished stage.
+Launched on several processes (``python -m devise_utils train``), each fit runs in fastai's
+``distrib_ctx`` and rank 0 alone writes (:mod:`devise_utils.model.distributed`).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from PIL import Image
 from devise_utils.core.errors import NotTrainedError
 from devise_utils.core.files import read_json, write_json
 from devise_utils.data.experiment import Experiment
+from devise_utils.model import distributed
 from devise_utils.model.backbones import (
     DeViSEModel,
     build_model,
@@ -123,6 +126,17 @@ class EpochLog(Callback):
         vals = "  ".join(f"{n} {v:.4f}" for n, v in zip(names, self.recorder.values[-1]))
         print(f"  Stage {'I' * self.stage} epoch {self.done}/{self.total}  {vals}  "
               f"({time.perf_counter() - self.t0:.0f} s)", flush=True)
+
+
+class StepCount(Callback):
+    """Optimizer steps this process took: with the data sharded over N processes, each takes
+    about 1/N of one process's steps (recorded in the checkpoint metadata)."""
+
+    def __init__(self):
+        self.n = 0
+
+    def after_step(self) -> None:
+        self.n += 1
 
 
 @dataclass
@@ -228,7 +242,8 @@ def _fit(learn, exp: Experiment, stage: int, s1: StageResult | None
     pretrained = cfg.pretrained or stage == 2
     n_frozen = _n_frozen(exp, stage)
     history: list[dict[str, float]] = []
-    learn.add_cb(EpochLog(stage, epochs))
+    if distributed.is_main():
+        learn.add_cb(EpochLog(stage, epochs))
     with learn.no_bar():
         if pretrained and n_frozen < learn.model.n_groups - 1 and epochs > 1:
             # Transfer learning: head first (body frozen), then unfreeze down to n_frozen
@@ -322,14 +337,21 @@ def _train_stage(exp: Experiment, stage: int, s1: StageResult | None,
         x, labels, paths = snapshot_batch(exp)
         snaps = EmbeddingSnapshots(x)
         learn.add_cb(snaps)
+    steps = StepCount()
+    learn.add_cb(steps)
     t0 = time.perf_counter()
-    lr, hist = _fit(learn, exp, stage, s1)
+    with distributed.fit_context(learn, str(dls.device)):
+        lr, hist = _fit(learn, exp, stage, s1)
     meta = _meta(exp, stage, lr, hist, time.perf_counter() - t0)
-    if snaps is not None:
-        cfg.run_dir.mkdir(parents=True, exist_ok=True)
-        np.savez_compressed(cfg.run_dir / "snapshots.npz", emb=np.stack(snaps.epochs),
-                            labels=np.array(labels), paths=np.array(paths))
-    path = save_checkpoint(learn.model.cpu(), meta, checkpoint_path(exp, stage))
+    meta.update(processes=distributed.world_size(), steps=steps.n)  # steps: per process
+    path = checkpoint_path(exp, stage)
+    if distributed.is_main():  # one writer; under a launcher every rank holds the same weights
+        if snaps is not None:
+            cfg.run_dir.mkdir(parents=True, exist_ok=True)
+            np.savez_compressed(cfg.run_dir / "snapshots.npz", emb=np.stack(snaps.epochs),
+                                labels=np.array(labels), paths=np.array(paths))
+        save_checkpoint(learn.model.cpu(), meta, path)
+    distributed.barrier()  # the other ranks return once the checkpoint exists
     return StageResult(path, meta)
 
 
