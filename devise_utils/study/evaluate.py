@@ -75,9 +75,11 @@ def stage1_eval(exp: Experiment, logits: Embedded) -> dict[str, Any]:
 
 
 def score_method(exp: Experiment, emb: Embedded, calibration: dict[str, Any] | None = None,
-                 csls_k: int = 0, class_matrix: np.ndarray | None = None) -> dict[str, Any]:
-    """Zero-shot and GZSL numbers of one method: cosine of its image vectors ``emb`` to one
-    row per class (``class_matrix``, seen then unseen; default the class word vectors).
+                 csls_k: int = 0, class_matrix: np.ndarray | None = None,
+                 metric: str = "cosine") -> dict[str, Any]:
+    """Zero-shot and GZSL numbers of one method: its image vectors ``emb`` scored against one
+    row per class (``class_matrix``, seen then unseen; default the class word vectors) by
+    ``metric`` (cosine, or dot for classifier weights).
 
     Zero-shot is scored on the unseen images among the unseen classes; GZSL on the
     test-seen and unseen images among all classes. Every headline number is inductive.
@@ -88,18 +90,18 @@ def score_method(exp: Experiment, emb: Embedded, calibration: dict[str, Any] | N
     """
     classes = class_matrix if class_matrix is not None else exp.class_vectors()
     unseen, n_seen = emb.of("unseen"), len(exp.seen)
-    unseen_scores = M.cosine_scores(unseen.X, classes[n_seen:])
+    unseen_scores = M.scores(unseen.X, classes[n_seen:], metric)
     out: dict[str, Any] = {
         "zero_shot": M.zero_shot_from_scores(unseen_scores, unseen.cls.tolist(), exp.unseen),
         "zero_shot_confusion": M.confusion(unseen_scores.argmax(1), unseen.labels(exp.unseen),
                                            len(exp.unseen)).tolist()}
-    if csls_k:
+    if csls_k and metric == "cosine":
         out["zero_shot_transductive"] = M.zero_shot_from_scores(
             M.csls_scores(unseen.X, classes[n_seen:], k=csls_k), unseen.cls.tolist(),
             exp.unseen)
     test = emb.of("test_seen", "unseen")
     cols = np.arange(len(exp.classes)) >= n_seen
-    scores, y = M.cosine_scores(test.X, classes), test.labels(exp.classes)
+    scores, y = M.scores(test.X, classes, metric), test.labels(exp.classes)
     gzsl = {k: v for k, v in M.gzsl_accuracy(scores, y, cols).items() if k != "gamma"}
     curve = M.seen_unseen_curve(scores, y, cols)
     gzsl.update(AUSUC=curve["AUSUC"], best_H=curve["best_H"], n_images=len(y))

@@ -33,7 +33,10 @@ from devise_utils.study.imagenet import imagenet_overlap
 from devise_utils.study.metrics import mean_per_class_accuracy
 
 PROTOTYPE_GRID = [{"kernel": "linear", "lam": lam, "gamma": 1.0} for lam in (0.01, 0.1, 1.0)] + [
-    {"kernel": "rbf", "lam": lam, "gamma": g} for lam, g in product((0.01, 0.1), (0.5, 1, 2))]
+    {"kernel": "rbf", "lam": lam, "gamma": g} for lam, g in product((0.01, 0.1, 1.0), (0.5, 1, 2))]
+#: What the prototypes are: the seen classes' feature centres (scored by cosine on
+#: standardised features) or Stage I's classifier weights (scored by dot product).
+TARGETS = ("centres", "weights")
 ESZSL_GRID = [{"gamma": g, "lam": lam} for g, lam in product((1e2, 1e3, 1e4), (0.1, 1.0, 10.0))]
 
 
@@ -62,29 +65,43 @@ def _choose(grid: Sequence[dict[str, Any]], score: Callable[[dict[str, Any]], fl
     return dict(grid[i]), best
 
 
-def prototype_method(feats: Embedded, seen: Sequence[str], S: np.ndarray
+def prototype_method(feats: Embedded, seen: Sequence[str], S: np.ndarray, W: np.ndarray
                      ) -> tuple[Embedded, np.ndarray, dict[str, Any]]:
-    """EXEM: standardised features, seen rows = the seen classes' train centres, unseen rows
-    = the centres predicted from their semantics ``S`` (rows: seen then unseen)."""
+    """EXEM: kernel ridge from the semantics ``S`` (rows: seen then unseen) to each seen
+    class's prototype, predicting the unseen classes'. The prototype is its feature centre
+    (on standardised features, cosine) or its Stage I classifier weights ``W`` (raw
+    features, dot product), whichever held-out seen classes prefer."""
     train, n = feats.of("train"), len(seen)
     mean, scale = T.standardizer(train.X)
-    X, y = (train.X - mean) / scale, train.labels(seen)
-    centres = T.class_centres(X, y, n)
+    y = train.labels(seen)
+    space = {"centres": ((train.X - mean) / scale, "cosine"), "weights": (train.X, "dot")}
+
+    def targets(target: str, X: np.ndarray, idx: np.ndarray) -> np.ndarray:
+        if target == "weights":
+            return W[idx]
+        m = np.isin(y, idx)
+        return T.class_centres(X[m], np.searchsorted(idx, y[m]), len(idx))
 
     def fit_predict(hp: dict[str, Any]):
+        X, metric = space[hp["target"]]
+        ridge = {k: v for k, v in hp.items() if k != "target"}
+
         def run(kept: np.ndarray, held: np.ndarray) -> np.ndarray:
-            m = np.isin(y, kept)
-            c = T.class_centres(X[m], np.searchsorted(kept, y[m]), len(kept))
-            protos = T.ridge_transfer(S[kept], c, S[held], **hp)
-            return T.prototype_scores(X[np.isin(y, held)], protos)
+            protos = T.ridge_transfer(S[kept], targets(hp["target"], X, kept), S[held], **ridge)
+            return T.prototype_scores(X[np.isin(y, held)], protos, metric)
         return run
 
-    hp, cv = _choose(PROTOTYPE_GRID,
-                     lambda hp: held_out_classes_score(fit_predict(hp), X, y, n))
-    unseen = T.ridge_transfer(S[:n], centres, S[n:], **hp)
+    grid = [{"target": t, **hp} for t in TARGETS for hp in PROTOTYPE_GRID]
+    hp, cv = _choose(grid, lambda hp: held_out_classes_score(fit_predict(hp), space[
+        hp["target"]][0], y, n))
+    X, metric = space[hp["target"]]
+    seen_rows = targets(hp["target"], X, np.arange(n))
+    unseen = T.ridge_transfer(S[:n], seen_rows, S[n:],
+                              **{k: v for k, v in hp.items() if k != "target"})
     held = feats.of("valid", "test_seen", "unseen")
-    return (held.with_vectors((held.X - mean) / scale), np.vstack([centres, unseen]),
-            {**hp, "held_out_classes_top1": cv})
+    vectors = (held.X - mean) / scale if hp["target"] == "centres" else held.X
+    return (held.with_vectors(vectors), np.vstack([seen_rows, unseen]),
+            {**hp, "metric": metric, "held_out_classes_top1": cv})
 
 
 def eszsl_method(feats: Embedded, seen: Sequence[str], S: np.ndarray

@@ -20,6 +20,16 @@ def cosine_scores(emb: np.ndarray, class_vecs: np.ndarray) -> np.ndarray:
     return normalize(emb) @ normalize(class_vecs).T
 
 
+def scores(emb: np.ndarray, rows: np.ndarray, metric: str = "cosine") -> np.ndarray:
+    """(N, C) scores of images against one row per class: cosine (word vectors, centres) or
+    dot product (classifier weights, whose norms carry each class's confidence)."""
+    if metric == "cosine":
+        return cosine_scores(emb, rows)
+    if metric == "dot":
+        return np.asarray(emb, np.float64) @ np.asarray(rows, np.float64).T
+    raise ValueError(f"metric must be 'cosine' or 'dot', got {metric!r}")
+
+
 def topk_accuracy(scores: np.ndarray, y: np.ndarray, ks: Sequence[int] = (1, 3, 5, 10)
                   ) -> dict[str, float]:
     """Fraction of rows whose true class is among the k highest scores (k capped at C)."""

@@ -53,7 +53,7 @@ from devise_utils.study.methods import (
 from devise_utils.study.results import check_record
 
 #: Bumped when metrics.json gains or changes a field, so an older cache is not reused.
-METRICS_FORMAT = 2
+METRICS_FORMAT = 3
 
 
 class Run:
@@ -197,10 +197,10 @@ class Run:
         """The semantic-side methods from this run's Stage I: name -> (image vectors of the
         held-out images, one row per class, the hyperparameters chosen on seen classes)."""
         exp, space, pen = self.data, self.class_space, self.penultimate
-        out = {"prototypes": prototype_method(pen, exp.seen, space["S"]),
+        W = last_layer(self.stage1.model())[1]
+        out = {"prototypes": prototype_method(pen, exp.seen, space["S"], W),
                "eszsl": eszsl_method(pen, exp.seen, space["S"])}
         if space["adjacency"] is not None:
-            W = last_layer(self.stage1.model())[1]
             out["gcn"] = gcn_method(pen, exp.seen, W, space["adjacency"], space["node_vecs"],
                                     len(exp.classes), self.cfg.seed)
         else:
@@ -240,8 +240,8 @@ class Run:
         }
         if baselines:
             result["baselines"] = {
-                name: {**E.score_method(exp, emb, cal and cal[name], self.cfg.csls_k, rows),
-                       "chosen": chosen}
+                name: {**E.score_method(exp, emb, cal and cal[name], self.cfg.csls_k, rows,
+                                        chosen.get("metric", "cosine")), "chosen": chosen}
                 for name, (emb, rows, chosen) in self.method_vectors().items()}
         if cal is not None:
             _held_out_scores(result, cal)
@@ -275,8 +275,8 @@ class Run:
                  "pseudo-unseen", flush=True)
         r.train()
         out = {"devise": _round_scores(r.data, r.embeddings)}
-        for name, (emb, rows, _) in r.method_vectors().items():
-            out[name] = _round_scores(r.data, emb, rows)
+        for name, (emb, rows, chosen) in r.method_vectors().items():
+            out[name] = _round_scores(r.data, emb, rows, chosen.get("metric", "cosine"))
         return out
 
     # -- results of notebooks -----------------------------------------------------------------
@@ -300,8 +300,8 @@ def _cached(path: Path, source: Path, compute) -> Embedded:
     return emb
 
 
-def _round_scores(exp: Experiment, emb: Embedded, rows: np.ndarray | None = None
-                  ) -> dict[str, Any]:
+def _round_scores(exp: Experiment, emb: Embedded, rows: np.ndarray | None = None,
+                  metric: str = "cosine") -> dict[str, Any]:
     """Scores of a calibration round: its held-out images (valid of the kept classes and
     the train and valid images of the pseudo-unseen ones) against all of its classes
     (``rows``, default the class vectors); and ``held_out_top1``, zero-shot per-class top-1
@@ -309,7 +309,7 @@ def _round_scores(exp: Experiment, emb: Embedded, rows: np.ndarray | None = None
     rows = exp.class_vectors() if rows is None else rows
     test = emb.of("valid", "unseen")
     cols = np.arange(len(exp.classes)) >= len(exp.seen)
-    scores = M.cosine_scores(test.X, rows)
+    scores = M.scores(test.X, rows, metric)
     pseudo = test.split == "unseen"
     held = M.zero_shot_from_scores(scores[np.ix_(pseudo, cols)], test.cls[pseudo].tolist(),
                                    exp.unseen)["per_class_top1"]
