@@ -94,12 +94,10 @@ def test_failure_stops_and_keeps_the_executed_notebook(builtin_dir, tmp_path, mo
     # A vector file without the dataset's class words: the pipeline's pre-flight refuses it
     # (tests/test_preflight.py); with that turned off here, the first notebook's Run refuses
     # it, naming the missing words, and the pipeline stops there.
-    from devise_utils.study import preflight
-
     vec = tmp_path / "other.vec"
     vec.write_text("1 3\nzebra 0.1 0.2 0.3\n", encoding="utf-8")
     out = tmp_path / "report"
-    monkeypatch.setattr(preflight, "preflight", lambda cfg, **k: None)  # this process only
+    monkeypatch.setattr(pipeline, "preflight", lambda cfg, **k: None)  # this process only
     rc = pipeline.main(["--data-dir", str(builtin_dir), "--runs-dir", str(tmp_path / "runs"),
                         "--out", str(out), "--vectors", str(vec), *TINY])
     assert rc == 1
