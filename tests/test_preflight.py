@@ -270,25 +270,36 @@ def test_dataset_class_names_not_utf8(case):
 
 # -- semantics (WordNet) ----------------------------------------------------------------------
 
-def test_wordnet_absent_when_class_synsets_need_it(case, monkeypatch):
+def test_wordnet_absent_when_semantics_need_it(case, monkeypatch):
     import nltk
 
     params, tmp_path = case
-    (Path(params["dataset"]) / P.CLASS_SYNSETS).write_text("zebra\tn02391049\n")
     monkeypatch.setattr(nltk.data, "path", [str(tmp_path / "no-nltk-data")])
-    refused(params, tmp_path, DataError, r"WordNet is not installed.*nltk.download\('wordnet'\)")
+    (Path(params["dataset"]) / P.CLASS_SYNSETS).write_text("zebra\tn02391049\n")
+    P.preflight(make_config(params))  # class names alone: no WordNet needed
+    refused({**params, "semantics": "name+gloss"}, tmp_path, DataError,
+            r"'name\+gloss', which needs WordNet: WordNet is not installed.*nltk.download")
+
+
+def test_unknown_semantic_part_or_synsets_file(case):
+    from devise_utils.core.config import ConfigError
+
+    params, tmp_path = case
+    refused({**params, "semantics": "name+glos"}, tmp_path, ConfigError,
+            r"parameter 'semantics': unknown part\(s\) glos; join parts of name, synonyms")
+    refused({**params, "class_synsets": str(tmp_path / "nope.txt")}, tmp_path, ConfigError,
+            r"parameter 'class_synsets': .*nope.txt is not a file")
 
 
 def test_class_synsets_with_an_unknown_wordnet_id(case, monkeypatch, shared):
-    semantics = pytest.importorskip("devise_utils.study.semantics")
-    if not hasattr(semantics, "read_class_synsets"):
-        pytest.skip("study/semantics.py has no read_class_synsets")
     import nltk
 
     monkeypatch.setattr(nltk.data, "path", [str(shared / "nltk_data"), *nltk.data.path])
     params, tmp_path = case
     (Path(params["dataset"]) / P.CLASS_SYNSETS).write_text("zebra\tn02391049\nlion\tn99999999\n")
     refused(params, tmp_path, DataError, r"class_synsets.txt: line 2.*n99999999")
+    (Path(params["dataset"]) / P.CLASS_SYNSETS).write_text("zebra\tn02391049\nokapi\tn02411206\n")
+    refused(params, tmp_path, DataError, r"class_synsets.txt names class\(es\) not in .*okapi")
 
 
 # -- the pipeline refuses before its first notebook -------------------------------------------

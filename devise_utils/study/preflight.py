@@ -29,10 +29,11 @@ from devise_utils.data.awa2 import (
 )
 from devise_utils.data.vectors import check_class_vectors, load_vectors
 from devise_utils.model.backbones import WeightsUnavailableError, check_weights
+from devise_utils.study import semantics
 
 #: What the pipeline reports as bad input (exit code 2, the message alone) and not as a crash.
 INPUT_ERRORS = (ConfigError, DataError, WeightsUnavailableError)
-#: A dataset folder's optional class -> WordNet id file (read by study/semantics.py).
+#: A dataset folder's optional class -> WordNet id file (study/semantics.py reads it).
 CLASS_SYNSETS = "class_synsets.txt"
 
 
@@ -84,9 +85,9 @@ def preflight(cfg: Config, *, study: bool = False) -> Checked:
         for backbone, weights in pairs:
             check_weights(backbone, weights)
     root, vpath = dataset_root(cfg), default_vectors(cfg)
-    key = _key(wkey, cfg.split, files=[vpath, root / "classes.txt", root / "trainclasses.txt",
-                                       root / "testclasses.txt", root / "JPEGImages",
-                                       root / CLASS_SYNSETS])
+    key = _key(wkey, cfg.split, cfg.semantics, files=[
+        vpath, root / "classes.txt", root / "trainclasses.txt", root / "testclasses.txt",
+        root / "JPEGImages", synsets_file(cfg, root)])
     if key in _DONE:
         return _DONE[key]
     ds = read_awa2(root)
@@ -97,41 +98,54 @@ def preflight(cfg: Config, *, study: bool = False) -> Checked:
                           "--vectors FILE or run `python -m devise_utils download fasttext`")
     wv = load_vectors(vpath, words=seen + unseen)
     check_class_vectors(wv, seen + unseen)
-    check_semantics(root, ds.classes)
+    check_semantics(cfg, root, ds.classes)
     _DONE[key] = _DONE[wkey] = Checked(root, tuple(seen), tuple(unseen), vpath, wv.dim)
     return _DONE[key]
 
 
-def check_wordnet() -> None:
-    """WordNet 3.0 is where nltk looks for it (needed by every semantic class vector)."""
+def wordnet_missing() -> str | None:
+    """Why nltk cannot find WordNet 3.0 (None when it can), without loading it."""
     import nltk
 
     for name in ("corpora/wordnet.zip/wordnet/", "corpora/wordnet"):
         try:
             nltk.data.find(name)
-            return
+            return None
         except LookupError:
             continue
-    raise DataError("WordNet is not installed for nltk (looked in: " + ", ".join(nltk.data.path)
-                    + "); run `python -c \"import nltk; nltk.download('wordnet')\"` or set "
-                    "NLTK_DATA to a folder holding corpora/wordnet.zip")
+    return ("WordNet is not installed for nltk (looked in: " + ", ".join(nltk.data.path)
+            + "); run `python -c \"import nltk; nltk.download('wordnet')\"` or set NLTK_DATA "
+            "to a folder holding corpora/wordnet.zip")
 
 
-def check_semantics(root: Path, classes: list[str]) -> None:
-    """A dataset's class_synsets.txt needs WordNet, real synset ids and known classes."""
-    path = root / CLASS_SYNSETS
-    if not path.is_file():
-        return
-    check_wordnet()
-    try:
-        from devise_utils.study import semantics
-    except ImportError:  # the reader is not part of this version
+def synsets_file(cfg: Config, root: Path) -> Path:
+    """The class -> WordNet id file a config reads: ``class_synsets``, else the dataset's."""
+    return Path(cfg.class_synsets) if cfg.class_synsets else root / CLASS_SYNSETS
+
+
+def check_semantics(cfg: Config, root: Path, classes: list[str]) -> None:
+    """The transfer methods' class semantics: known parts, WordNet where the parts need it,
+    and a class_synsets file of real WordNet 3.0 ids for known classes."""
+    parts = cfg.semantics.split("+")
+    unknown = [p for p in parts if p not in semantics.PARTS]
+    if unknown:
+        raise ConfigError(f"parameter 'semantics': unknown part(s) {', '.join(unknown)}; join "
+                          f"parts of {', '.join(semantics.PARTS)} with '+', e.g. 'name+gloss'")
+    path = synsets_file(cfg, root)
+    if cfg.class_synsets and not path.is_file():
+        raise ConfigError(f"parameter 'class_synsets': {path} is not a file; give a "
+                          f"class<TAB>wnid file, or leave it unset to read {root / CLASS_SYNSETS}")
+    missing = wordnet_missing()
+    if missing and parts != ["name"]:
+        raise DataError(f"parameter 'semantics' is {cfg.semantics!r}, which needs WordNet: "
+                        + missing)
+    if missing or not path.is_file():  # the class names alone need no WordNet
         return
     try:
         synsets = semantics.read_class_synsets(path)
     except UnicodeDecodeError as e:
         raise DataError(f"{path} is not UTF-8 text ({e.reason}); save it as UTF-8") from None
-    except (ValueError, LookupError) as e:  # an unknown wnid, a bad line, WordNet missing
+    except (ValueError, LookupError) as e:  # an unknown wnid, a bad line
         if isinstance(e, DataError):
             raise
         raise DataError(e.args[0] if e.args else str(e)) from e
