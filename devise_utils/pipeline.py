@@ -25,6 +25,7 @@ from devise_utils.core.files import read_json, write_json
 from devise_utils.data.awa2 import dataset_root
 from devise_utils.report.build import NOTEBOOK_DIR, notebooks, write_reports
 from devise_utils.report.html import notebook_html
+from devise_utils.study.preflight import INPUT_ERRORS, preflight
 
 #: The kernel's own log says nothing a reader needs: a cell's error reaches papermill as an
 #: exception. Quieted are its "running over TCP" warning and the "KeyboardInterrupt caught in
@@ -52,7 +53,9 @@ class _Progress:
 
 
 def check(cfg: Config) -> None:
-    """What can be checked before any notebook runs: the files the parameters name."""
+    """What can be checked before any notebook runs: the files the parameters name, then
+    their contents (:func:`~devise_utils.study.preflight.preflight`: weights, dataset, word
+    vectors), so bad input stops the study before anything is trained or written."""
     for name, value in (("vectors", cfg.vectors), ("weights", cfg.weights)):
         if value and value not in ("none", "imagenet") and not Path(value).is_file():
             raise ConfigError(f"parameter {name!r}: {value} is not a file; give the path of "
@@ -62,14 +65,17 @@ def check(cfg: Config) -> None:
         hint = ("download it: python -m devise_utils download awa2" if cfg.dataset == "awa2"
                 else "give a folder in AwA2 layout")
         raise ConfigError(f"parameter 'dataset': {dataset_root(cfg)} is not a folder; {hint}")
+    preflight(cfg, study=True)
 
 
 def run(params: dict[str, Any], report_dir: str | Path, *, start: int = 0,
         kernel: str = "python3", log=print) -> dict[str, Any]:
     """Execute the notebooks from number ``start`` on; stop at the first failure.
 
-    ``params`` are checked first (a ConfigError names a bad key or value before anything
-    runs). Earlier notebooks' outputs in ``report_dir`` are kept (resume with ``start``).
+    ``params`` and the files they name are checked first (:func:`check`: a ConfigError,
+    DataError or WeightsUnavailableError names the bad key, value or file before anything
+    runs or is written). Earlier notebooks' outputs in ``report_dir`` are kept (resume
+    with ``start``).
     Returns the status written into results.json.
     """
     import papermill as pm
@@ -169,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         params = params_from_args(a)
         print(f"DeViSE-Mobile study: {len(notebooks())} notebooks -> {out}", flush=True)
         status = run(params, out, start=a.start)
-    except ConfigError as e:
+    except INPUT_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if status["failed"]:

@@ -90,12 +90,14 @@ def test_from_resumes_keeping_earlier_notebooks(report):
 
 
 @pytest.mark.slow
-def test_failure_stops_and_keeps_the_executed_notebook(builtin_dir, tmp_path):
-    # A vector file without the dataset's class words passes the parameter check (it is a
-    # file) and fails in the first notebook, naming the missing words.
+def test_failure_stops_and_keeps_the_executed_notebook(builtin_dir, tmp_path, monkeypatch):
+    # A vector file without the dataset's class words: the pipeline's pre-flight refuses it
+    # (tests/test_preflight.py); with that turned off here, the first notebook's Run refuses
+    # it, naming the missing words, and the pipeline stops there.
     vec = tmp_path / "other.vec"
     vec.write_text("1 3\nzebra 0.1 0.2 0.3\n", encoding="utf-8")
     out = tmp_path / "report"
+    monkeypatch.setattr(pipeline, "preflight", lambda cfg, **k: None)  # this process only
     rc = pipeline.main(["--data-dir", str(builtin_dir), "--runs-dir", str(tmp_path / "runs"),
                         "--out", str(out), "--vectors", str(vec), *TINY])
     assert rc == 1

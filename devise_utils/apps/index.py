@@ -181,9 +181,20 @@ class EmbeddingIndex:
             index._hnsw = index._new_hnsw()
             index._hnsw.loadIndex(str(folder / "hnsw.bin"), load_data=False)
         index.set_ef_search(ef_search or info["ef_search"])
-        index.check_file("model", model)
+        if model is not None and Path(model).suffix == ".onnx":
+            index.check_embedder(model)  # an export has no checkpoint sha: compare its sizes
+        else:
+            index.check_file("model", model)
         index.check_file("vectors", vectors)
         return index
+
+    def check_embedder(self, model: str | Path) -> None:
+        """Refuse an exported .onnx embedder whose input size or output dimension is not the
+        index's (an ExportMismatchError naming both)."""
+        from devise_utils.apps.runtime import check_onnx
+
+        check_onnx(model, image_size=self.meta.get("image_size"), dim=self.dim,
+                   against=f"the index {self.source or 'in memory'}")
 
     def check_file(self, key: str, path: str | Path | None, sha256: str | None = None) -> None:
         """Raise :class:`IndexMismatchError` if ``path`` is not the ``key`` file of the index.

@@ -1,13 +1,17 @@
-"""Atomic file writes: a crash mid-write never leaves a half-written artifact behind."""
+"""Atomic file writes: a crash mid-write never leaves a half-written artifact behind; and
+a file lock, so two processes sharing one runs/ folder never do the same work at once."""
 
 from __future__ import annotations
 
 import json
 import os
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
@@ -52,3 +56,48 @@ def existing_file(path: str | Path, what: str, fix: str = "check the path") -> P
     if not p.is_file():
         raise FileNotFoundError(f"{what} file {p} does not exist; {fix}")
     return p
+
+
+@contextmanager
+def file_lock(path: str | Path, log: Callable[..., None] | None = None) -> Iterator[Path]:
+    """Hold an exclusive lock on ``path`` for the block; another process asking waits.
+
+    An ``fcntl.flock`` lock belongs to the open file, so the kernel drops it when its holder
+    exits in any way (SIGKILL included): a crash never leaves a stale lock behind. The file
+    holds the holder's pid while locked. Without ``fcntl`` (Windows) nothing is locked.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield Path(path)
+        return
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+", encoding="utf-8") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if log:
+                holder = path.read_text(encoding="utf-8").strip() or "another process"
+                log(f"waiting for process {holder}, which holds {path}", flush=True)
+            fcntl.flock(f, fcntl.LOCK_EX)
+        f.truncate(0)
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+        try:
+            yield path
+        finally:
+            f.truncate(0)
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def locked_once(lock: str | Path, find: Callable[[], T | None], make: Callable[[], T],
+                log: Callable[..., None] | None = None) -> T:
+    """``find()``'s result if there is one, else ``make()`` under ``lock``: ``find`` is asked
+    again once the lock is held, so what another process made meanwhile is used, not redone."""
+    if (hit := find()) is not None:
+        return hit
+    with file_lock(lock, log):
+        if (hit := find()) is not None:
+            return hit
+        return make()

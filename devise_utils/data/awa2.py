@@ -24,6 +24,8 @@ from devise_utils.core.config import PROPOSED_UNSEEN_AWA2, Config
 from devise_utils.core.errors import DataError
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+#: A zero-shot split needs classes to learn from and classes to transfer to.
+MIN_SEEN, MIN_UNSEEN = 2, 1
 
 
 @dataclass
@@ -43,26 +45,60 @@ class AwA2:
         return len(self.table)
 
 
+def _lines(path: Path) -> list[str]:
+    """The file's lines, or a DataError naming the line that is not UTF-8."""
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8").splitlines()
+    except UnicodeDecodeError as e:
+        n = raw.count(b"\n", 0, e.start) + 1
+        raise DataError(f"{path}: line {n} is not UTF-8 text (byte {raw[e.start:e.start + 1]!r}); "
+                        "save the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8`) and rename "
+                        "the matching JPEGImages/ folder the same way") from None
+
+
+def _check_name(path: Path, n: int, name: str) -> None:
+    if name in (".", "..") or any(c in name for c in "/\\\x00"):
+        raise DataError(f"{path}: line {n}: class name {name!r} cannot be a folder name under "
+                        "JPEGImages/; rename the class")
+
+
 def _read_names(path: Path) -> list[str]:
-    names = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        line = line.strip()
-        if line:
-            names.append(line.split()[-1])
+    """Class names, one a line (the last field of each line); each name once."""
+    names: list[str] = []
+    where: dict[str, int] = {}
+    for n, line in enumerate(_lines(path), 1):
+        fields = line.split()
+        if not fields:
+            continue
+        name = fields[-1]
+        _check_name(path, n, name)
+        if name in where:
+            raise DataError(f"{path}: class '{name}' is listed twice (lines {where[name]} and "
+                            f"{n}); delete one")
+        where[name] = n
+        names.append(name)
     return names
 
 
 def _read_classes(path: Path) -> tuple[list[str], dict[str, int]]:
-    classes, ids = [], {}
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    classes, ids, folded = [], {}, {}
+    for n, line in enumerate(_lines(path), 1):
         if not line.strip():
             continue
         fields = line.split()
-        if len(fields) != 2 or not fields[0].isdigit():
+        if len(fields) != 2 or not (fields[0].isascii() and fields[0].isdigit()):
             raise DataError(f"{path}: line {n} should be 'index<TAB>name', got {line!r}")
         idx, name = int(fields[0]), fields[1]
+        _check_name(path, n, name)
         if name in ids:
             raise DataError(f"{path}: class '{name}' is listed twice (line {n})")
+        if name.casefold() in folded:
+            other, m = folded[name.casefold()]
+            raise DataError(f"{path}: classes '{other}' (line {m}) and '{name}' (line {n}) differ "
+                            "only in case: their folders clash on macOS and Windows and their "
+                            "word vectors may be the same; rename one")
+        folded[name.casefold()] = (name, n)
         classes.append(name)
         ids[name] = idx
     if not classes:
@@ -70,20 +106,26 @@ def _read_classes(path: Path) -> tuple[list[str], dict[str, int]]:
     return classes, ids
 
 
-def read_awa2(root: str | Path) -> AwA2:
-    """Read and validate an AwA2-layout folder; every inconsistency is a DataError."""
-    root = Path(root)
-    if not root.is_dir():
-        raise DataError(
-            f"dataset folder {root} does not exist; run `python -m devise_utils download awa2` "
-            "(AwA2) or `python -m devise_utils prepare --dataset builtin` (built-in dataset)"
-        )
-    for name in ("classes.txt", "trainclasses.txt", "testclasses.txt"):
-        if not (root / name).is_file():
-            raise DataError(f"{root / name} is missing: is {root} an AwA2-layout folder "
-                            "(Animals_with_Attributes2/)?")
-    classes, ids = _read_classes(root / "classes.txt")
-    known = set(classes)
+def check_split(root: Path, seen: Sequence[str], unseen: Sequence[str],
+                split: str = "standard") -> None:
+    """Enough classes on each side of the split, and none on both."""
+    std = split == "standard"
+    both = sorted(set(seen) & set(unseen))
+    if both:
+        raise DataError(f"{root / 'testclasses.txt'} repeats seen class(es) from "
+                        f"trainclasses.txt: {', '.join(both)}; a class is either seen or unseen")
+    if len(seen) < MIN_SEEN:
+        where = root / "trainclasses.txt" if std else f"the {split} split of {root}"
+        raise DataError(f"{where}: {len(seen)} seen class(es), need at least {MIN_SEEN} (a "
+                        "classifier needs two classes to tell apart); list more classes in "
+                        "trainclasses.txt" + ("" if std else " or use split='standard'"))
+    if len(unseen) < MIN_UNSEEN:
+        where = root / "testclasses.txt" if std else f"the {split} split of {root}"
+        raise DataError(f"{where}: no unseen class, need at least {MIN_UNSEEN} for zero-shot "
+                        "evaluation; move a class from trainclasses.txt into testclasses.txt")
+
+
+def _read_splits(root: Path, known: set[str]) -> tuple[list[str], list[str]]:
     splits = {}
     for name in ("trainclasses.txt", "testclasses.txt"):
         names = _read_names(root / name)
@@ -92,14 +134,34 @@ def read_awa2(root: str | Path) -> AwA2:
             raise DataError(f"{root / name} names class(es) not in classes.txt: "
                             f"{', '.join(unknown)}; fix the spelling or add them to classes.txt")
         splits[name] = names
-    both = set(splits["trainclasses.txt"]) & set(splits["testclasses.txt"])
-    if both:
-        raise DataError(f"{root / 'testclasses.txt'} repeats seen class(es) from "
-                        f"trainclasses.txt: {', '.join(sorted(both))}")
-    unsplit = known - set(splits["trainclasses.txt"]) - set(splits["testclasses.txt"])
+    seen, unseen = splits["trainclasses.txt"], splits["testclasses.txt"]
+    check_split(root, seen, unseen)
+    unsplit = known - set(seen) - set(unseen)
     if unsplit:
         raise DataError(f"class(es) {', '.join(sorted(unsplit))} in {root / 'classes.txt'} are "
                         "in neither trainclasses.txt nor testclasses.txt")
+    return seen, unseen
+
+
+def _shown(name: str) -> str:
+    """A folder name as text (bytes that are not UTF-8 shown as escapes)."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def read_awa2(root: str | Path) -> AwA2:
+    """Read and validate an AwA2-layout folder; every inconsistency is a DataError."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(
+            f"dataset folder {root} does not exist; run `python -m devise_utils download awa2` "
+            "(AwA2) or `python -m devise_utils prepare --dataset builtin` (built-in dataset)")
+    for name in ("classes.txt", "trainclasses.txt", "testclasses.txt"):
+        if not (root / name).is_file():
+            raise DataError(f"{root / name} is missing: is {root} an AwA2-layout folder "
+                            "(Animals_with_Attributes2/)?")
+    classes, ids = _read_classes(root / "classes.txt")
+    known = set(classes)
+    seen, unseen = _read_splits(root, known)
     img_root = root / "JPEGImages"
     if not img_root.is_dir():
         raise DataError(f"{img_root} is missing: the images should be in JPEGImages/<class>/")
@@ -119,13 +181,40 @@ def read_awa2(root: str | Path) -> AwA2:
                         "them from classes.txt and the split files")
     if empty:
         raise DataError(f"image folder(s) under {img_root} are empty: {', '.join(empty)}")
-    extra = sorted(p.name for p in img_root.iterdir() if p.is_dir() and p.name not in known)
+    extra = sorted(_shown(p.name) for p in img_root.iterdir()
+                   if p.is_dir() and p.name not in known)
     if extra:
         raise DataError(f"{img_root} has folder(s) for class(es) not in "
                         f"{root / 'classes.txt'}: {', '.join(extra)}")
     preds = _read_names(root / "predicates.txt") if (root / "predicates.txt").is_file() else []
-    return AwA2(root, classes, ids, splits["trainclasses.txt"], splits["testclasses.txt"],
-                preds, pd.DataFrame(rows, columns=["path", "cls"]))
+    return AwA2(root, classes, ids, seen, unseen, preds,
+                pd.DataFrame(rows, columns=["path", "cls"]))
+
+
+def first_readable(files: Sequence[str | Path]) -> str | None:
+    """The first file PIL can fully decode (None if none can): one decode for a good class,
+    one failed open per file for a class of broken files."""
+    from PIL import Image
+
+    for f in files:
+        try:
+            with Image.open(f) as im:
+                im.load()
+            return str(f)
+        except Exception:  # noqa: BLE001, S112 (any decoder error means "unreadable")
+            continue
+    return None
+
+
+def check_readable(ds: AwA2, classes: Sequence[str] | None = None) -> None:
+    """Every class has a photo that decodes; else the image cache would drop the class."""
+    t = ds.table
+    dead = [c for c in (classes or ds.classes)
+            if first_readable(t.loc[t["cls"] == c, "path"].tolist()) is None]
+    if dead:
+        raise DataError(f"no photo of class(es) {', '.join(dead)} under {ds.root / 'JPEGImages'} "
+                        "can be decoded (truncated files or not images); replace the files or "
+                        "remove the class(es) from classes.txt and the split files")
 
 
 def predicate_matrix(ds: AwA2, kind: str = "binary") -> np.ndarray | None:
@@ -149,7 +238,9 @@ def seen_unseen(ds: AwA2, split: str = "standard") -> tuple[list[str], list[str]
         if not unseen:
             raise DataError(f"{ds.root} holds none of the proposed-split unseen classes "
                             f"({', '.join(PROPOSED_UNSEEN_AWA2)}); use split='standard'")
-        return [c for c in ds.classes if c not in unseen], unseen
+        seen = [c for c in ds.classes if c not in unseen]
+        check_split(ds.root, seen, unseen, split)
+        return seen, unseen
     raise ValueError(f"split must be 'standard' or 'proposed', got {split!r}")
 
 

@@ -30,7 +30,7 @@ from devise_utils.data.awa2 import (
     spread_sample,
 )
 from devise_utils.data.prepare import prepared_table
-from devise_utils.data.vectors import WordVectors, load_vectors
+from devise_utils.data.vectors import WordVectors, check_class_vectors, load_vectors
 
 #: Config fields that decide what data a run sees (its images, split and class vectors).
 DATA_FIELDS = ("dataset", "data_dir", "vectors", "split", "valid_pct", "test_seen_pct", "seed",
@@ -121,7 +121,9 @@ def _load(key: str) -> tuple:
     if cfg.holdout_round:
         seen, unseen, table = _holdout(seen, table, cfg.seed)
     vpath = default_vectors(cfg)
-    wv = load_vectors(vpath, words=seen + unseen).subset(seen + unseen)
+    wv = load_vectors(vpath, words=seen + unseen)
+    check_class_vectors(wv, seen + unseen)  # no zero vector, no two classes on one vector
+    wv = wv.subset(seen + unseen)
     h = hashlib.sha256(wv.source_sha256.encode())
     for path, cls, split in table[["path", "cls", "split"]].itertuples(index=False):
         h.update(f"{Path(path).name}\t{cls}\t{split}\n".encode())

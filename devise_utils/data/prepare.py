@@ -22,6 +22,7 @@ import pandas as pd
 from PIL import Image, ImageFile, ImageOps
 
 from devise_utils.core.config import Config
+from devise_utils.core.errors import DataError
 from devise_utils.core.files import atomic_write
 from devise_utils.data.awa2 import SPLITS, dataset_root, read_awa2, split_table
 
@@ -121,8 +122,14 @@ def _prepare(cfg: Config, workers: int | None) -> tuple[pd.DataFrame, list, Path
     root = dataset_root(cfg)
     t = split_table(read_awa2(root), cfg.split, cfg.valid_pct, cfg.seed, cfg.max_per_class,
                     cfg.test_seen_pct)
+    classes = list(dict.fromkeys(t["cls"]))
     cache = cache_dir_for(cfg, root)
     t, skipped = prepare_cache(t, cache, cfg.cache_size, workers or min(4, os.cpu_count() or 2))
+    lost = [c for c in classes if not (t["cls"] == c).any()]
+    if lost:
+        raise DataError(f"every photo of class(es) {', '.join(lost)} under {root / 'JPEGImages'} "
+                        f"is unreadable (reasons in {cache / 'skipped.tsv'}); replace the files "
+                        "or remove the class(es) from classes.txt and the split files")
     return t, skipped, cache
 
 

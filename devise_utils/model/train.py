@@ -39,7 +39,7 @@ from fastai.vision.all import (
 from PIL import Image
 
 from devise_utils.core.errors import NotTrainedError
-from devise_utils.core.files import read_json, write_json
+from devise_utils.core.files import atomic_write, locked_once, read_json, write_json
 from devise_utils.data.experiment import Experiment
 from devise_utils.model import distributed
 from devise_utils.model.backbones import (
@@ -281,6 +281,15 @@ def _meta(exp: Experiment, stage: int, lr: float, hist: list[dict[str, float]],
     }
 
 
+#: Lock file in a stage folder, held while that stage trains (core.files.file_lock).
+TRAIN_LOCK = ".train.lock"
+
+
+def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    with open(path, "wb") as f:  # a file object: np.savez would append .npz to a name
+        np.savez_compressed(f, **arrays)
+
+
 def checkpoint_path(exp: Experiment, stage: int) -> Path:
     return exp.cfg.stage_dir(stage) / f"stage{stage}.pth"
 
@@ -324,9 +333,22 @@ def train_stage2(exp: Experiment, s1: StageResult, *, force: bool = False
 
 def _train_stage(exp: Experiment, stage: int, s1: StageResult | None,
                  force: bool) -> StageResult:
+    """Train a stage once: a second process asking for the same stage (same runs/ folder)
+    waits for the first and loads what it trained, instead of training it again. Under a
+    launcher the ranks train together, so none of them takes the lock (a rank waiting on
+    another's lock would stall their collectives)."""
     _require_stage1(stage, s1)
-    if not force and (hit := finished_stage(exp, stage)):
-        return hit
+
+    def find() -> StageResult | None:
+        return None if force else finished_stage(exp, stage)
+
+    if distributed.launched():
+        return find() or _fit_and_save(exp, stage, s1)
+    return locked_once(exp.cfg.stage_dir(stage) / TRAIN_LOCK, find,
+                       lambda: _fit_and_save(exp, stage, s1), log=print)
+
+
+def _fit_and_save(exp: Experiment, stage: int, s1: StageResult | None) -> StageResult:
     cfg = exp.cfg
     seed_everything(cfg.seed)    # before building: the head's initial weights are seeded too
     model = _stage_model(exp, stage, s1)
@@ -347,9 +369,9 @@ def _train_stage(exp: Experiment, stage: int, s1: StageResult | None,
     path = checkpoint_path(exp, stage)
     if distributed.is_main():  # one writer; under a launcher every rank holds the same weights
         if snaps is not None:
-            cfg.run_dir.mkdir(parents=True, exist_ok=True)
-            np.savez_compressed(cfg.run_dir / "snapshots.npz", emb=np.stack(snaps.epochs),
-                                labels=np.array(labels), paths=np.array(paths))
+            arrays = {"emb": np.stack(snaps.epochs), "labels": np.array(labels),
+                      "paths": np.array(paths)}
+            atomic_write(cfg.run_dir / "snapshots.npz", lambda p: _save_npz(p, arrays))
         save_checkpoint(learn.model.cpu(), meta, path)
     distributed.barrier()  # the other ranks return once the checkpoint exists
     return StageResult(path, meta)

@@ -50,6 +50,7 @@ from devise_utils.study.methods import (
     prototype_method,
     unseen_overlap,
 )
+from devise_utils.study.preflight import preflight
 from devise_utils.study.results import check_record
 
 #: Bumped when metrics.json gains or changes a field, so an older cache is not reused.
@@ -61,6 +62,7 @@ class Run:
 
     def __init__(self, cfg: Config | Mapping[str, Any] | None = None, *, log=print):
         cfg = cfg if isinstance(cfg, Config) else make_config(cfg)
+        preflight(cfg)  # weights, dataset and word vectors, before anything reads or trains
         #: Why the input size is what it is (a size chosen from the photos says so).
         self.image_size_reason = f"{cfg.image_size} px: set"
         if cfg.image_size == 0:
