@@ -30,7 +30,7 @@ def test_a_wrong_type_names_the_key_and_what_it_expects(key, value, expects):
 
 
 @pytest.mark.parametrize("key, value, expects", [
-    ("image_size", 5, "must be in 16..1024"),
+    ("image_size", 5, r"must be 0 \(from the photos\) or 16..1024"),
     ("stage2_frozen", 4, "must be in 0..3"),
     ("valid_pct", 1.5, "must be in 0.01..0.9"),
     ("loss", "hinge", "must be one of cosine, rank"),
