@@ -222,7 +222,15 @@ def open_index(vectors: str | Path, *, folder: str | Path | None = None, clean: 
     sha = cached_sha256(path, root=root)
     folder = Path(folder) if folder else index_dir(sha, clean=clean, top_n=top_n, root=root)
     if not rebuild and (folder / SIDECAR).is_file():
-        vocab = VocabIndex.load(folder, vectors=path, sha256=sha, ef_search=ef_search)
+        try:
+            vocab = VocabIndex.load(folder, vectors=path, sha256=sha, ef_search=ef_search)
+        except IndexMismatchError:
+            raise
+        except Exception as e:  # a damaged cache is rebuilt, never trusted
+            if log:
+                log(f"vocabulary index {folder} is damaged ({e}); rebuilding it")
+            return open_index(path, folder=folder, clean=clean, top_n=top_n, rebuild=True,
+                              ef_search=ef_search, root=root, log=log)
         if vocab.meta.get("clean") != clean or vocab.meta.get("top_n") != top_n:
             raise ValueError(
                 f"{folder} holds the vocabulary with clean={vocab.meta.get('clean')}, "

@@ -3,6 +3,7 @@ a file lock, so two processes sharing one runs/ folder never do the same work at
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import uuid
@@ -24,6 +25,13 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     try:
         write(tmp)
         os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            kept = "the previous file is intact" if path.exists() else "nothing was written"
+            raise OSError(e.errno, f"disk full while writing {path}: {kept}; free some space "
+                                   "and run the same command again") from e
+        raise
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -38,6 +46,22 @@ def write_json(path: str | Path, obj: Any) -> Path:
 
 def read_json(path: str | Path) -> Any:
     return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def cached(path: str | Path, source: str | Path, load: Callable[[Path], T],
+           compute: Callable[[], T], save: Callable[[T, Path], Any], log=print) -> T:
+    """A derived artifact at ``path``: loaded while newer than ``source``, else computed and
+    saved. A cache that cannot be read (truncated, corrupt) is never trusted: it is said so
+    and rebuilt."""
+    path = Path(path)
+    if path.is_file() and path.stat().st_mtime >= Path(source).stat().st_mtime:
+        try:
+            return load(path)
+        except Exception as e:  # any damage: rebuild instead of failing or trusting it
+            log(f"cache {path} is damaged ({type(e).__name__}: {e}); rebuilding it")
+    value = compute()
+    save(value, path)
+    return value
 
 
 def _plain(o: Any) -> Any:

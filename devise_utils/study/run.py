@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from devise_utils.core.config import Config, make_config
-from devise_utils.core.files import read_json, write_json
+from devise_utils.core.files import cached, read_json, write_json
 from devise_utils.data.experiment import Experiment, experiment, image_size_for
 from devise_utils.model.backbones import build_model, last_layer
 from devise_utils.model.train import (
@@ -223,10 +223,12 @@ class Run:
         round (``calibrate``), a separate Run on the seen classes that :meth:`calibration`
         trains explicitly and says so."""
         path = self.cfg.run_dir / f"metrics-{self._eval_key(baselines, calibrate)}.json"
-        s2 = self.stage2
-        if path.is_file() and path.stat().st_mtime >= s2.path.stat().st_mtime:
-            return read_json(path)
-        exp = self.data
+        return cached(path, self.stage2.path, read_json,
+                      lambda: self._metrics(baselines, calibrate), lambda r, p: write_json(p, r),
+                      self.log)
+
+    def _metrics(self, baselines: bool, calibrate: bool) -> dict[str, Any]:
+        exp, s2 = self.data, self.stage2
         cal = self.calibration() if calibrate else None
         devise = E.score_method(exp, self.embeddings, cal and cal["devise"], self.cfg.csls_k)
         logits = self.stage1_logits
@@ -251,7 +253,6 @@ class Run:
             exp, self.cfg.pretrained, self.class_space["synsets"])
         for res in [result, *(result.get("baselines") or {}).values()]:
             res["zero_shot"]["per_class_top1_clean"] = clean_top1(res["zero_shot"], overlap)
-        write_json(path, result)
         return result
 
     def _eval_key(self, baselines: bool, calibrate: bool) -> str:
@@ -294,12 +295,9 @@ class Run:
 
 
 def _cached(path: Path, source: Path, compute) -> Embedded:
-    """``compute()``'s vectors, saved at ``path`` and reused while newer than ``source``."""
-    if path.is_file() and path.stat().st_mtime >= source.stat().st_mtime:
-        return Embedded.load(path)
-    emb = compute()
-    emb.save(path)
-    return emb
+    """``compute()``'s vectors, saved at ``path`` and reused while newer than ``source``
+    (rebuilt when damaged)."""
+    return cached(path, source, Embedded.load, compute, lambda e, p: e.save(p))
 
 
 def _round_scores(exp: Experiment, emb: Embedded, rows: np.ndarray | None = None,
