@@ -44,7 +44,8 @@ DATASETS = {  # name: (folder, vectors, class_synsets or None)
 SEMANTICS = ("name", "name+synonyms", "name+gloss", "name+hypernyms",
              "name+synonyms+gloss+hypernyms")
 #: Methods that use the class semantics; the others always use the class names.
-SEMANTIC_METHODS = ("prototypes", "gcn", "eszsl")
+SEMANTIC_METHODS = ("prototypes", "gcn", "eszsl", "prototypes_backbone", "gcn_backbone",
+                    "eszsl_backbone")
 WEIGHTS = "weights/squeezenet1_1-imagenet-onnxzoo.pth"
 
 

@@ -18,11 +18,13 @@ or test-seen image).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from itertools import product
 from typing import Any
 
 import numpy as np
+from sklearn.exceptions import ConvergenceWarning
 
 from devise_utils.data.vectors import load_vectors, normalize
 from devise_utils.study import semantics as S_
@@ -123,6 +125,19 @@ def eszsl_method(feats: Embedded, seen: Sequence[str], S: np.ndarray
     held = feats.of("valid", "test_seen", "unseen")
     return (held.with_vectors(((held.X - mean) / scale) @ V), S,
             {**hp, "held_out_classes_top1": cv})
+
+
+def backbone_space(feats: Embedded, seen: Sequence[str]) -> tuple[Embedded, np.ndarray]:
+    """The backbone's own feature space for the transfer methods: its features standardised
+    on the train images, and a linear (logistic-regression) classifier's weights on them, the
+    Stage I classifier of a model whose body is not fine-tuned."""
+    train = feats.of("train")
+    mean, scale = T.standardizer(train.X)
+    std = feats.with_vectors((feats.X - mean) / scale)
+    with warnings.catch_warnings():  # lbfgs' "not converged" at max_iter: the weights serve
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        W, _ = T.linear_classifier(std.of("train").X, train.labels(seen), C=0.1)
+    return std, W
 
 
 def gcn_method(pen: Embedded, seen: Sequence[str], W: np.ndarray, adjacency: np.ndarray,

@@ -13,7 +13,10 @@ from typing import Any, NotRequired, TypedDict
 DEVISE_NAME = "DeViSE (Stage II)"
 BASELINES = {"conse": "ConSE (Stage I, no Stage II)", "linear": "linear map (frozen features)",
              "prototypes": "semantic → visual prototypes (EXEM)",
-             "gcn": "WordNet graph propagation (GCNZ)", "eszsl": "ESZSL (closed form)"}
+             "gcn": "WordNet graph propagation (GCNZ)", "eszsl": "ESZSL (closed form)",
+             "prototypes_backbone": "semantic → visual prototypes (EXEM), frozen backbone",
+             "gcn_backbone": "WordNet graph propagation (GCNZ), frozen backbone",
+             "eszsl_backbone": "ESZSL (closed form), frozen backbone"}
 #: Every method of the study, by key: DeViSE first.
 METHODS = {"devise": DEVISE_NAME, **BASELINES}
 
@@ -112,6 +115,9 @@ class ZeroShotRecord(TypedDict):
     prototypes: NotRequired[dict[str, Any]]
     gcn: NotRequired[dict[str, Any]]
     eszsl: NotRequired[dict[str, Any]]
+    prototypes_backbone: NotRequired[dict[str, Any]]
+    gcn_backbone: NotRequired[dict[str, Any]]
+    eszsl_backbone: NotRequired[dict[str, Any]]
     recommended: NotRequired[str | None]
     unseen_overlap: NotRequired[list[dict[str, Any]]]
     balance: NotRequired[list[dict[str, Any]] | None]

@@ -43,6 +43,7 @@ from devise_utils.study.evaluate import (
     linear_map_vectors,
 )
 from devise_utils.study.methods import (
+    backbone_space,
     class_semantics_for,
     clean_top1,
     eszsl_method,
@@ -54,7 +55,7 @@ from devise_utils.study.preflight import preflight
 from devise_utils.study.results import check_record
 
 #: Bumped when metrics.json gains or changes a field, so an older cache is not reused.
-METRICS_FORMAT = 3
+METRICS_FORMAT = 4
 
 
 class Run:
@@ -196,16 +197,23 @@ class Run:
                                    cfg.graph_hops)
 
     def transfer_vectors(self) -> dict[str, tuple[Embedded, np.ndarray, dict[str, Any]]]:
-        """The semantic-side methods from this run's Stage I: name -> (image vectors of the
-        held-out images, one row per class, the hyperparameters chosen on seen classes)."""
-        exp, space, pen = self.data, self.class_space, self.penultimate
-        W = last_layer(self.stage1.model())[1]
-        out = {"prototypes": prototype_method(pen, exp.seen, space["S"], W),
-               "eszsl": eszsl_method(pen, exp.seen, space["S"])}
-        if space["adjacency"] is not None:
-            out["gcn"] = gcn_method(pen, exp.seen, W, space["adjacency"], space["node_vecs"],
-                                    len(exp.classes), self.cfg.seed)
-        else:
+        """The semantic-side methods, each in two feature spaces: this run's Stage I
+        (penultimate features, its classifier's weights) and the backbone alone (the frozen
+        pretrained features the linear map uses, with a linear classifier's weights; key
+        suffix ``_backbone``). name -> (image vectors of the held-out images, one row per
+        class, the hyperparameters chosen on seen classes)."""
+        exp, space = self.data, self.class_space
+        spaces = {"": (self.penultimate, last_layer(self.stage1.model())[1]),
+                  "_backbone": backbone_space(self.features, exp.seen)}
+        out = {}
+        for suffix, (feats, W) in spaces.items():
+            out["prototypes" + suffix] = prototype_method(feats, exp.seen, space["S"], W)
+            out["eszsl" + suffix] = eszsl_method(feats, exp.seen, space["S"])
+            if space["adjacency"] is not None:
+                out["gcn" + suffix] = gcn_method(feats, exp.seen, W, space["adjacency"],
+                                                 space["node_vecs"], len(exp.classes),
+                                                 self.cfg.seed)
+        if space["adjacency"] is None:
             self.log(f"graph method left out: {space['why_no_graph']}")
         return out
 
