@@ -10,11 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fakes import write_vec
 
 from devise_utils.apps import vocab
 from devise_utils.core.files import atomic_write, cached, read_json, write_json
 from devise_utils.study.embedded import Embedded
-from fakes import write_vec
 
 
 def test_a_full_disk_keeps_the_previous_file_and_says_so(tmp_path, monkeypatch):

@@ -192,10 +192,10 @@ def class_semantics(names: Sequence[str], word_vectors: Any, parts: Sequence[str
     rows = []
     for i, name in enumerate(names):
         words = semantic_words(synsets[i], wn_parts) if wn_parts else {}
-        total = np.zeros(word_vectors.lookup([name]).shape[1])
+        own = word_vectors.lookup([name])[0].astype(np.float64)  # raises if unknown
+        total = np.zeros_like(own)
         for p in parts:
-            v = (word_vectors.lookup([name])[0].astype(np.float64) if p == "name"
-                 else phrase_vector(words[p], word_vectors))
+            v = own if p == "name" else phrase_vector(words[p], word_vectors)
             if v is not None:
                 total += weights.get(p, 1.0) * v
         rows.append(_unit(total))

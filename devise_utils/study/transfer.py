@@ -119,15 +119,30 @@ def ridge_transfer(S_seen: np.ndarray, T_seen: np.ndarray, S_new: np.ndarray,
     if lam <= 0:
         raise ValueError(f"lam must be > 0, got {lam}")
     mu = T.mean(0)
-    K = _kernel(S, S, kernel, gamma)
     if kernel == "linear":  # centre the inputs too: an intercept, as in ordinary ridge
         ms = S.mean(0)
-        K = _kernel(S - ms, S - ms, kernel, gamma)
-        Kn = _kernel(N - ms, S - ms, kernel, gamma)
-    else:
-        Kn = _kernel(N, S, kernel, gamma)
+        S, N = S - ms, N - ms
+    K, Kn = _kernel(S, S, kernel, gamma), _kernel(N, S, kernel, gamma)
     alpha = np.linalg.solve(K + lam * np.eye(len(S)), T - mu)
     return mu + Kn @ alpha
+
+
+def predict_prototypes(X: np.ndarray, y: np.ndarray, S_seen: np.ndarray, S_new: np.ndarray,
+                       target: str = "weights", lam: float = 1.0, kernel: str = "rbf",
+                       gamma: float = 2.0, C: float = 0.1) -> np.ndarray:
+    """EXEM in one call: unit prototypes (n_new, f) of new classes from seen images ``X``
+    (standardised features, labels ``y`` = rows of ``S_seen``). ``target``: ``centres``
+    (class means) or ``weights`` (a :func:`linear_classifier`'s rows) are regressed on the
+    class vectors by :func:`ridge_transfer`. Score with ``prototype_scores(X, P, "cosine")``
+    or export with :func:`linear_head`."""
+    X, y = np.asarray(X, dtype=np.float64), np.asarray(y)
+    if target == "centres":
+        T_seen = class_centres(X, y, len(S_seen))
+    elif target == "weights":
+        T_seen = linear_classifier(X, y, C)[0]
+    else:
+        raise ValueError(f"target must be 'centres' or 'weights', got {target!r}")
+    return _unit(ridge_transfer(S_seen, T_seen, S_new, lam, kernel, gamma))
 
 
 # --- graph transfer (GCNZ / SGC) -------------------------------------------------------------
