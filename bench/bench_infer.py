@@ -180,19 +180,23 @@ def main() -> None:
     vec, photos = glove_vec(work), photo_folder(Path(args.photos), args.n_photos, work)
     export = work / "export"
     if not (export / "export.json").is_file():
-        command(["export", "--model", args.model, "--out", export, "--int8", "--images",
-                 photos], work / "rss-export")
+        command(["export", "--model", args.model, "--out", export, "--int8"],
+                work / "rss-export")  # calibrated on the checkpoint's training split
     info = json.loads((export / "export.json").read_text())
     models = {"torch": Path(args.model), "onnx-fp32": Path(info["onnx_fp32"]),
               "onnx-int8": Path(info["onnx_int8"])}
     res = {"machine": cpu_name(), "python": sys.version.split()[0], "n_photos": args.n_photos,
-           "vectors": str(vec), "repeat": args.repeat, "paths": {}}
+           "vectors": str(vec), "repeat": args.repeat, "paths": {},
+           "load_average_before": os.getloadavg()[0]}
     for name, model in models.items():
         print(f"{name} ...", file=sys.stderr, flush=True)
         res["paths"][name] = bench_path(name, model, vec, photos, work, args.repeat)
+    res["load_average_1min_after"] = os.getloadavg()[0]  # a shared machine: how busy it was
     Path(args.out).write_text(json.dumps(res, indent=2) + "\n")
     print(f"{res['machine']}; median wall of {args.repeat} fresh processes "
-          f"(index: {max(1, args.repeat // 2)}), peak RSS the largest\n")
+          f"(index: {max(1, args.repeat // 2)}), peak RSS the largest; load average "
+          f"{res['load_average_before']:.1f} before, {res['load_average_1min_after']:.1f} "
+          "after\n")
     print(table(res))
 
 

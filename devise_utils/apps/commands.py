@@ -21,7 +21,7 @@ from devise_utils.apps.search import (
 )
 from devise_utils.apps.text import query_vectors
 from devise_utils.core.files import existing_file
-from devise_utils.data.awa2 import image_files
+from devise_utils.data.images import image_files
 from devise_utils.data.vectors import load_vectors
 
 

@@ -22,7 +22,7 @@ from devise_utils.apps.infer import Embedder, check_dim, check_index, open_model
 from devise_utils.apps.text import rank_labels, text_vector
 from devise_utils.apps.vocab import VocabIndex, tag_images
 from devise_utils.core.files import existing_file
-from devise_utils.data.awa2 import image_files
+from devise_utils.data.images import image_files
 from devise_utils.data.vectors import WordVectors, file_sha256
 
 
