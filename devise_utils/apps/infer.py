@@ -1,8 +1,10 @@
 """The trained model where users meet it: image embeddings without the training stack.
 
 ``index``, ``search``, ``tag`` and ``label`` need one forward pass per image and a
-nearest-neighbour lookup. Through PyTorch each call imported torch, torchvision and fastai
-(6-7 s and 1.3 GB resident for one ``tag``). An exported model (``.onnx``, fp32 or int8,
+nearest-neighbour lookup. Through PyTorch each call imported torch, torchvision and fastai:
+one warm ``tag`` over GloVe's 400k words took 8.7-11.3 s and 1.26 GB on the shared 2-core
+box, and 0.5-0.8 s and 250 MB through onnxruntime (bench/bench_infer.py). An exported
+model (``.onnx``, fp32 or int8,
 as ``python -m devise_utils export`` writes it) runs here in onnxruntime, fed by
 :func:`~devise_utils.model.preprocess.preprocess` (NumPy and PIL, the training
 preprocessing): this module imports neither torch nor fastai. A Stage II checkpoint
