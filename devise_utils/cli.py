@@ -16,6 +16,9 @@ from devise_utils.apps.index import DEFAULT_INDEX_DIR, EF_SEARCH, METHODS
 from devise_utils.core.config import Config
 from devise_utils.data.download import NAMES
 
+#: What ``--model`` takes in the commands users run (devise_utils.apps.infer.open_model).
+MODEL_HELP = ("exported model (.onnx, fp32 or int8, with the export.json beside it; runs "
+              "without PyTorch) or Stage II checkpoint (stage2.pth)")
 #: Export formats (checked again by the exporter, which names the choices on a typo).
 EXPORT_FORMATS = ("onnx", "executorch", "torchscript")
 
@@ -82,10 +85,10 @@ def _train(sub) -> None:
 def _index_and_search(sub) -> None:
     p = sub.add_parser("index", help="embed a folder of photos and build a search index")
     p.add_argument("photos", help="folder of images (searched recursively)")
-    p.add_argument("--model", required=True, help="Stage II checkpoint (stage2.pth)")
+    p.add_argument("--model", required=True, help=MODEL_HELP)
     p.add_argument("--out", default=str(DEFAULT_INDEX_DIR), help="index folder to write")
     p.add_argument("--vectors", help="word-vector file for text queries "
-                   "(default: the checkpoint's)")
+                   "(default: the model's)")
     p.add_argument("--method", choices=METHODS, default="hnsw")
     p.add_argument("--batch-size", type=int, default=64)
     p.set_defaults(func="devise_utils.apps.commands:index")
@@ -95,7 +98,8 @@ def _index_and_search(sub) -> None:
     p.add_argument("--image", help="find images like this one instead")
     p.add_argument("--index", default=str(DEFAULT_INDEX_DIR), help="index folder")
     p.add_argument("-k", type=int, default=10, help="number of results")
-    p.add_argument("--model", help="checkpoint (default: the index's; must match it)")
+    p.add_argument("--model", help="model for --image (default: the index's; it or an "
+                   "export of its checkpoint): " + MODEL_HELP)
     p.add_argument("--vectors", help="word vectors (default: the index's; must match it)")
     p.add_argument("--ef-search", type=int, help=f"HNSW beam width (default {EF_SEARCH})")
     p.set_defaults(func="devise_utils.apps.commands:search")
@@ -107,8 +111,8 @@ def _tag_and_label(sub) -> None:
                        "The vocabulary index is built on first use of a vector file "
                        "and reused (runs/vocab/<sha256>-...).")
     p.add_argument("images", nargs="+", help="image file(s) or folder(s)")
-    p.add_argument("--model", required=True, help="Stage II checkpoint")
-    p.add_argument("--vectors", help="vocabulary vectors (default: the checkpoint's)")
+    p.add_argument("--model", required=True, help=MODEL_HELP)
+    p.add_argument("--vectors", help="vocabulary vectors (default: the model's)")
     p.add_argument("--top-n", type=int, default=None,
                    help="only the N most frequent words (default: every word of the file)")
     p.add_argument("-k", type=int, default=10, help="tags per image")
@@ -122,9 +126,9 @@ def _tag_and_label(sub) -> None:
 
     p = sub.add_parser("label", help="zero-shot labels for a folder of new images")
     p.add_argument("folder", help="image folder (or one image)")
-    p.add_argument("--model", required=True, help="Stage II checkpoint")
+    p.add_argument("--model", required=True, help=MODEL_HELP)
     p.add_argument("--classes", required=True, help='comma-separated names, e.g. "zebra,horse"')
-    p.add_argument("--vectors", help="word vectors (default: the checkpoint's)")
+    p.add_argument("--vectors", help="word vectors (default: the model's)")
     p.add_argument("-k", type=int, default=3, help="labels shown per image")
     p.set_defaults(func="devise_utils.apps.commands:label")
 
@@ -138,12 +142,13 @@ def _export(sub) -> None:
                    help="one or more of: onnx (default; onnxruntime), executorch (.pte, "
                    "XNNPACK; ExecuTorch's mobile runtime), torchscript (.ptl, deprecated "
                    "PyTorch Mobile lite interpreter)")
-    p.add_argument("--int8", action="store_true", help="also write static-int8 models "
-                   "(calibrated on half the sample images)")
-    p.add_argument("--images", help="calibration/parity images (default: the checkpoint's "
-                   "dataset)")
+    p.add_argument("--int8", action="store_true", help="also write int8 models: static int8 "
+                   "body, head with fp32 activations (ONNX) or dynamic int8 (.pte); "
+                   "calibrated on every other sample image")
+    p.add_argument("--images", help="calibration/parity images, seen classes only (default: "
+                   "the checkpoint's training split)")
     p.add_argument("--n-images", type=int, default=64, help="sample images to use")
-    p.set_defaults(func="devise_utils.apps.commands:export")
+    p.set_defaults(func="devise_utils.apps.export:command")
 
 
 def _demo(sub) -> None:

@@ -281,8 +281,8 @@ def test_cli_export(tmp_path, capsys):
 @needs_executorch
 def test_cli_export_executorch(tmp_path, capsys):
     from devise_utils.apps.executorch_export import pte_embed
-    from devise_utils.apps.search import load_model
     from devise_utils.data.awa2 import image_files
+    from devise_utils.model.backbones import load_embedder as load_model
 
     vec = write_vec(tmp_path / "words.vec", ["zebra", "horse"], seed=0)
     ckpt = make_checkpoint(tmp_path / "stage2.pth", vec, image_size=32)

@@ -169,8 +169,8 @@ def hits(out: str) -> list[tuple[float, str]]:
 
 
 def test_cli_index_and_search(world, capsys):
-    from devise_utils.apps.search import load_model
     from devise_utils.data.vectors import load_vectors
+    from devise_utils.model.backbones import load_embedder as load_model
     from devise_utils.model.predict import embed_paths
 
     d, idx = world["dir"], world["dir"] / "index"

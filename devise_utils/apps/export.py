@@ -51,12 +51,12 @@ from devise_utils.apps.executorch_export import (
 )
 from devise_utils.apps.onnx_export import export_onnx, quantize_int8
 from devise_utils.apps.runtime import INPUT, OUTPUT, onnx_embed
-from devise_utils.apps.search import load_model
 from devise_utils.apps.torchscript_export import export_torchscript, torchscript_embed
 from devise_utils.core.config import config_from_meta
-from devise_utils.core.files import write_json
-from devise_utils.data.awa2 import dataset_root, image_files, spread_sample
+from devise_utils.core.files import existing_file, write_json
+from devise_utils.data.awa2 import dataset_root, image_files, read_awa2, split_table, spread_sample
 from devise_utils.data.vectors import file_sha256, normalize
+from devise_utils.model.backbones import load_embedder
 from devise_utils.model.predict import IMAGENET_MEAN, IMAGENET_STD, as_batch
 
 FORMATS = ("onnx", "executorch", "torchscript")
@@ -163,8 +163,8 @@ def export_all(model, out_dir: str | Path, image_size: int,
                ) -> dict[str, Any]:
     """Each format of one model (fp32, and int8 with ``int8``), with parity on the samples.
 
-    Half the samples calibrate int8, the other half measure it (parity on the
-    calibration images would flatter it). Returns paths and cosines to PyTorch fp32:
+    Every other sample calibrates int8, the rest measure it (parity on the calibration
+    images would flatter it). Returns paths and cosines to PyTorch fp32:
     ``onnx_fp32``/``fp32``, ``onnx_int8``/``int8``, ``pte_fp32``/``pte_fp32_parity``,
     ``pte_int8``/``pte_int8_parity``, ``torchscript``/``torchscript_parity``.
     """
@@ -172,9 +172,10 @@ def export_all(model, out_dir: str | Path, image_size: int,
     out_dir = Path(out_dir)
     images = as_batch(sample_images, image_size)
     ref = torch_embed(model, images)
-    half = max(1, len(images) // 2)
-    test = slice(half, None) if len(images) > 1 else slice(None)
-    calib = images[:half]
+    # every other sample calibrates int8 (so every class of a spread sample is seen), the
+    # rest measure it: parity on the calibration images would flatter it
+    test = slice(1, None, 2) if len(images) > 1 else slice(None)
+    calib = images[::2]
     report: dict[str, Any] = {"formats": list(formats)}
     if "onnx" in formats:
         fp32 = export_onnx(model, out_dir / f"{name}.onnx", image_size)
@@ -210,18 +211,20 @@ def export_all(model, out_dir: str | Path, image_size: int,
 # --- command line ----------------------------------------------------------------------------
 
 def _sample_paths(ckpt_meta: dict[str, Any], images: str | None, n: int) -> list[str]:
-    """``n`` images spread over the folder (every k-th sorted path covers every class)."""
-    if images is None:
-
-        try:
-            root = dataset_root(config_from_meta(ckpt_meta["config"])) / "JPEGImages"
-            files = image_files(root)
-        except (KeyError, ValueError, FileNotFoundError) as e:
-            raise FileNotFoundError(f"no calibration images: the checkpoint's dataset is not "
-                                    f"available ({e}); pass --images DIR") from e
-    else:
-        files = image_files(images)
-    return spread_sample(files, n)
+    """``n`` calibration/parity images spread over the classes (every k-th sorted path):
+    from ``images`` if given, else the checkpoint's own training split (seen classes, not
+    its valid images), never an unseen class, whose images int8 must not be tuned on."""
+    if images is not None:
+        return spread_sample(image_files(images), n)
+    try:
+        cfg = config_from_meta(ckpt_meta["config"])
+        t = split_table(read_awa2(dataset_root(cfg)), cfg.split, cfg.valid_pct, cfg.seed,
+                        cfg.max_per_class)
+    except (KeyError, ValueError, FileNotFoundError) as e:
+        raise FileNotFoundError(f"no calibration images: the checkpoint's dataset is not "
+                                f"available ({e}); pass --images DIR (seen-class training "
+                                "photos)") from e
+    return spread_sample(t.loc[t["split"] == "train", "path"].astype(str).tolist(), n)
 
 
 def export_checkpoint(ckpt: str | Path, out_dir: str | Path, *, int8: bool = False,
@@ -230,7 +233,7 @@ def export_checkpoint(ckpt: str | Path, out_dir: str | Path, *, int8: bool = Fal
     """Export a Stage II checkpoint in ``formats``; writes ``export.json`` (files, parity,
     input spec). Refuses (RuntimeError) an fp32 export that disagrees with PyTorch."""
     formats = checked_formats(formats)  # fails fast (e.g. ExecuTorch missing) before any work
-    model, meta = load_model(ckpt)
+    model, meta = load_embedder(existing_file(ckpt, "checkpoint"))
     size = model.image_size
     samples = _sample_paths(meta, images, n_images)
     report = export_all(model, out_dir, size, samples, name=meta["backbone"], int8=int8,
@@ -247,9 +250,34 @@ def export_checkpoint(ckpt: str | Path, out_dir: str | Path, *, int8: bool = Fal
                       "mean": IMAGENET_MEAN, "std": IMAGENET_STD,
                       "note": "the .pte takes batch 1"},
             "output": {"name": OUTPUT, "note": "raw embedding; L2-normalise before cosine"},
-            "vectors": meta.get("vectors"), "n_samples": len(samples), **report}
+            "vectors": meta.get("vectors"), "vectors_sha256": meta.get("vectors_sha256"),
+            "image_size": size, "files": exported_files(report), "n_samples": len(samples),
+            **report}
     write_json(Path(out_dir) / "export.json", info)
     return info
+
+
+def exported_files(report: dict[str, Any]) -> dict[str, dict[str, str]]:
+    """File name -> format and sha256 of each file :func:`export_all` wrote: how
+    :func:`devise_utils.apps.infer.read_sidecar` tells which model the sidecar describes."""
+    return {Path(report[key]).name: {"format": fmt, "sha256": file_sha256(report[key])}
+            for fmt, key, _ in EXPORT_ROWS if key in report}
+
+
+def command(args) -> int:
+    """``python -m devise_utils export``."""
+    info = export_checkpoint(args.model, args.out, int8=args.int8, images=args.images,
+                             n_images=args.n_images, formats=args.format)
+    for _, key, cos_key in EXPORT_ROWS:
+        if key in info:
+            print(f"{key:12s} {Path(info[key]).stat().st_size / 1e6:7.2f} MB  "
+                  f"cosine to PyTorch min {info[cos_key]['min_cosine']:.4f} "
+                  f"mean {info[cos_key]['mean_cosine']:.4f}  {info[key]}")
+    print("fp32 parity: min cosine "
+          + ", ".join(f"{info[k]['min_cosine']:.5f} ({f})" for f, k in (
+              ("onnx", "fp32"), ("executorch", "pte_fp32_parity"),
+              ("torchscript", "torchscript_parity")) if k in info))
+    return 0
 
 
 #: (table format, export_all path key, export_all parity key), in table order.

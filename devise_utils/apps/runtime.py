@@ -6,6 +6,7 @@ inference) and refuses a model that does not fit the index or vectors it is used
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import numpy as np
 import onnxruntime as ort
 
 from devise_utils.core.errors import DataError
-from devise_utils.model.predict import as_batch
+from devise_utils.model.preprocess import as_batch
 
 
 class ExportMismatchError(DataError):
@@ -21,10 +22,13 @@ class ExportMismatchError(DataError):
 
 
 def onnx_session(path: str | Path, threads: int = 1):
-    """An onnxruntime CPU InferenceSession (``threads`` intra-op threads; 1 = a phone's core)."""
+    """An onnxruntime CPU session (``threads`` intra-op threads; 1 = a phone's single core,
+    0 = one per core). Idle pool threads sleep instead of spinning: the CPU may be shared."""
     opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
+    opts.intra_op_num_threads = threads or cores()
     opts.inter_op_num_threads = 1
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts.log_severity_level = 3  # no optimiser notices on stderr
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
@@ -50,6 +54,11 @@ def onnx_embed(path: str | Path, images: np.ndarray | Sequence[str | Path], thre
     if not out:
         raise ValueError("no images to embed")
     return np.concatenate(out)
+
+
+def cores() -> int:
+    """CPU cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
 INPUT, OUTPUT = "image", "embedding"

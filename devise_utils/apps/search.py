@@ -1,7 +1,11 @@
-"""The image side of search: photos embedded by a Stage II model, indexed and queried.
+"""The image side of search: photos embedded by a model, indexed and queried.
 
-Text -> image, image -> image and zero-shot labels for a folder are nearest-neighbour
+Text -> image, image -> image, tags and zero-shot labels for a folder are nearest-neighbour
 lookups in the word-vector space the model maps images into (:mod:`devise_utils.apps.index`).
+The model is an :class:`~devise_utils.apps.infer.Embedder`: an exported ``.onnx`` file
+(onnxruntime, no torch) or a Stage II checkpoint, opened by
+:func:`~devise_utils.apps.infer.open_model`; a model that does not fit the index or vector
+file is refused before any image is read.
 """
 
 from __future__ import annotations
@@ -14,12 +18,12 @@ from typing import Any
 import numpy as np
 
 from devise_utils.apps.index import EmbeddingIndex
+from devise_utils.apps.infer import Embedder, check_dim, check_index, open_model, vector_file_dim
 from devise_utils.apps.text import rank_labels, text_vector
+from devise_utils.apps.vocab import VocabIndex, tag_images
 from devise_utils.core.files import existing_file
-from devise_utils.data.awa2 import image_files
+from devise_utils.data.images import image_files
 from devise_utils.data.vectors import WordVectors, file_sha256
-from devise_utils.model.backbones import load_embedder
-from devise_utils.model.predict import embed_paths
 
 
 def text_to_image(index: EmbeddingIndex, text: str, wv: WordVectors, k: int = 10
@@ -28,50 +32,52 @@ def text_to_image(index: EmbeddingIndex, text: str, wv: WordVectors, k: int = 10
     return index.search(text_vector(text, wv), k)[0]
 
 
+def model_vectors(model: Embedder, vectors: str | Path | None) -> Path:
+    """The word-vector file to use with ``model`` (default: the one it was trained on),
+    checked to exist and to have the model's dimension."""
+    if vectors is None and model.vectors is None:
+        raise ValueError(f"{model.path} names no word-vector file; pass --vectors FILE")
+    path = existing_file(vectors or model.vectors, "word-vector")
+    check_dim(model, vector_file_dim(path), f"vector file {path}")
+    return path
 
 
-def load_model(ckpt: str | Path):
-    """(Stage II model, checkpoint meta) from a checkpoint file."""
-    return load_embedder(existing_file(ckpt, "checkpoint"))
-
-
-def embed_images(model, paths: Sequence[str], batch_size: int = 64
+def embed_images(model: Embedder, paths: Sequence[str], batch_size: int = 64
                  ) -> tuple[np.ndarray, list[str]]:
     """Unit embeddings of the readable images at the model's input size; raise if none
     could be read."""
-    emb, kept = embed_paths(model, list(paths), batch_size=batch_size)
-    if not kept:
-        raise ValueError(f"none of {len(paths)} image(s) could be read "
-                         f"(first: {paths[0] if paths else '-'})")
-    return emb, kept
+    return model.embed_paths(list(paths), batch_size)
 
 
-def build_image_index(ckpt: str | Path, photos: str | Path, vectors: str | Path | None = None,
-                      *, method: str = "hnsw", batch_size: int = 64, **kwargs: Any
-                      ) -> EmbeddingIndex:
-    """Embed every image under ``photos`` with a Stage II checkpoint and index them.
+def build_image_index(model: Embedder | str | Path, photos: str | Path,
+                      vectors: str | Path | None = None, *, method: str = "hnsw",
+                      batch_size: int = 64, **kwargs: Any) -> EmbeddingIndex:
+    """Embed every image under ``photos`` with ``model`` (an Embedder or a model file) and
+    index them.
 
-    ``vectors`` (default: the checkpoint's own) is recorded so text queries use the
-    same word space the model was trained to regress onto.
+    ``vectors`` (default: the model's own) is recorded so text queries use the same word
+    space the model was trained to regress onto; a file of another dimension is refused.
     """
-    model, meta = load_model(ckpt)
-    vectors = existing_file(vectors or meta["vectors"], "word-vector")
+    model = model if isinstance(model, Embedder) else open_model(model)
+    vectors = model_vectors(model, vectors)
     vec_sha = file_sha256(vectors)
-    if meta.get("vectors_sha256") and vec_sha != meta["vectors_sha256"]:
-        warnings.warn(f"{vectors} is not the vector file {ckpt} was trained with "
-                      f"({meta['vectors']}); fine if it comes from the same fastText model",
+    if model.vectors_sha256 and vec_sha != model.vectors_sha256:
+        warnings.warn(f"{vectors} is not the vector file {model.path} was trained with "
+                      f"({model.vectors}); fine if it comes from the same word model",
                       stacklevel=2)
     emb, kept = embed_images(model, image_files(photos), batch_size)
     info = {"kind": "images", "photos": str(Path(photos).resolve()),
-            "model": str(Path(ckpt).resolve()), "model_sha256": file_sha256(ckpt),
+            "model": str(model.path.resolve()), "model_sha256": file_sha256(model.path),
+            "checkpoint_sha256": model.lineage, "model_format": model.format,
             "vectors": str(Path(vectors).resolve()), "vectors_sha256": vec_sha,
-            "backbone": meta["backbone"], "image_size": model.image_size, "dim": emb.shape[1]}
+            "backbone": model.backbone, "image_size": model.image_size, "dim": emb.shape[1]}
     return EmbeddingIndex(emb, kept, info, method=method, **kwargs)
 
 
-def image_to_image(index: EmbeddingIndex, model, path: str | Path, k: int = 10,
+def image_to_image(index: EmbeddingIndex, model: Embedder, path: str | Path, k: int = 10,
                    exclude_self: bool = True) -> list[tuple[str, float]]:
     """Images nearest a query image; the query itself is left out if it is indexed."""
+    check_index(model, index)
     emb, _ = embed_images(model, [str(path)])
     hits = index.search(emb, k + 1)[0]
     me = str(Path(path).resolve())
@@ -80,10 +86,17 @@ def image_to_image(index: EmbeddingIndex, model, path: str | Path, k: int = 10,
     return hits[:k]
 
 
-def label_folder(model, folder: str | Path, classes: Sequence[str], wv: WordVectors,
+def tag_folder(model: Embedder, paths: Sequence[str], vocab: VocabIndex, k: int = 10, *,
+               exact: bool = False) -> list[tuple[str, list[tuple[str, float]]]]:
+    """(path, its k nearest vocabulary words) of every readable image."""
+    check_dim(model, vocab.dim, f"the vocabulary index of {vocab.meta.get('vectors', '?')}")
+    emb, kept = embed_images(model, paths)
+    return list(zip(kept, tag_images(emb, vocab, k, exact=exact)))
+
+
+def label_folder(model: Embedder, folder: str | Path, classes: Sequence[str], wv: WordVectors,
                  k: int | None = None) -> dict[str, list[tuple[str, float]]]:
     """Zero-shot labels for every image under ``folder``: path -> ranked (class, cosine)."""
+    check_dim(model, wv.dim, f"vector file {wv.source}")
     emb, kept = embed_images(model, image_files(folder))
     return dict(zip(kept, rank_labels(emb, classes, wv, k)))
-
-

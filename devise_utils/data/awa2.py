@@ -22,8 +22,8 @@ import pandas as pd
 
 from devise_utils.core.config import PROPOSED_UNSEEN_AWA2, Config
 from devise_utils.core.errors import DataError
+from devise_utils.data.images import IMAGE_EXTS, image_files  # noqa: F401 - re-exported
 
-IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 #: A zero-shot split needs classes to learn from and classes to transfer to.
 MIN_SEEN, MIN_UNSEEN = 2, 1
 
@@ -312,19 +312,6 @@ def pseudo_unseen_split(seen: Sequence[str], frac: float = 0.2, seed: int = 0
     pick = set(np.random.default_rng(seed).choice(len(seen), k, replace=False).tolist())
     return ([c for i, c in enumerate(seen) if i not in pick],
             [c for i, c in enumerate(seen) if i in pick])
-
-
-def image_files(folder: str | Path) -> list[str]:
-    """Every image under ``folder`` (recursive, sorted) or ``folder`` itself if a file."""
-    folder = Path(folder)
-    if folder.is_file():
-        return [str(folder)]
-    if not folder.is_dir():
-        raise FileNotFoundError(f"{folder} does not exist; give a folder of images")
-    files = sorted(str(p) for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTS)
-    if not files:
-        raise FileNotFoundError(f"no images ({', '.join(sorted(IMAGE_EXTS))}) under {folder}")
-    return files
 
 
 def spread_sample(items: Sequence[str], n: int) -> list[str]:

@@ -8,29 +8,41 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Sequence
-from pathlib import Path
+from functools import partial
 
 import numpy as np
 import torch
 from PIL import Image
 from torch import nn
-from torchvision import transforms as T
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from devise_utils.model.preprocess import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    as_batch,
+    load_array,
+    preprocess,
+)
+
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "as_batch", "image_transform", "load_image",
+           "embed_paths", "embed_tensor"]
 
 
 def image_transform(size: int) -> Callable[[Image.Image], torch.Tensor]:
-    """Resize the short side, centre-crop, ImageNet-normalise (as fastai's valid set)."""
-    return T.Compose([
-        T.Resize(size), T.CenterCrop(size), T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)
-    ])
+    """Resize the short side, centre-crop, ImageNet-normalise (as fastai's valid set):
+    :func:`~devise_utils.model.preprocess.preprocess` as a tensor, the one preprocessing
+    the exported models are run with too (torchvision's transforms compute the same bits)."""
+    if size < 1:
+        raise ValueError(f"image size must be >= 1, got {size}")
+    return partial(_as_tensor, size=size)  # a partial, not a lambda: DataLoader workers pickle it
+
+
+def _as_tensor(im: Image.Image, size: int) -> torch.Tensor:
+    return torch.from_numpy(preprocess(im, size))
 
 
 def load_image(path: str, size: int) -> torch.Tensor:
     """One image as a normalised (3, size, size) tensor; any mode (L, CMYK, P, RGBA) -> RGB."""
-    with Image.open(path) as im:
-        return image_transform(size)(im.convert("RGB"))
+    return torch.from_numpy(load_array(path, size))
 
 
 class _Files(torch.utils.data.Dataset):
@@ -43,7 +55,7 @@ class _Files(torch.utils.data.Dataset):
     def __getitem__(self, i: int):
         try:
             with Image.open(self.paths[i]) as im:
-                return self.tf(im.convert("RGB")), i
+                return self.tf(im), i
         except Exception as e:  # corrupt or unreadable: reported and skipped, never fatal
             warnings.warn(f"skipping unreadable image {self.paths[i]}: {e}", stacklevel=1)
             return None, i
@@ -85,22 +97,3 @@ def embed_paths(model: nn.Module, paths: Sequence[str], batch_size: int = 64,
         dim = model(torch.zeros(1, 3, image_size, image_size, device=device)).shape[1]
         return np.zeros((0, dim), np.float32), []
     return np.concatenate(embs), kept
-
-
-def as_batch(sample_images: Sequence[str | Path] | np.ndarray, image_size: int) -> np.ndarray:
-    """Preprocessed float32 (N, 3, S, S) from image paths, or an array/tensor checked as such."""
-    if isinstance(sample_images, (str, Path)):
-        raise TypeError("sample_images must be a list of paths or an array, not one path")
-    if hasattr(sample_images, "shape"):  # ndarray or torch tensor
-        x = np.asarray(sample_images.detach().cpu() if hasattr(sample_images, "detach")
-                       else sample_images, dtype=np.float32)
-    else:
-
-        paths = list(sample_images)
-        if not paths:
-            raise ValueError("no sample images given (needed for calibration and parity)")
-        x = np.stack([load_image(str(p), image_size).numpy() for p in paths])
-    if x.ndim != 4 or x.shape[1:] != (3, image_size, image_size):
-        raise ValueError(f"sample images must be (N, 3, {image_size}, {image_size}), "
-                         f"got {x.shape}")
-    return np.ascontiguousarray(x)
