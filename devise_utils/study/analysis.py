@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from devise_utils.core.config import PROPOSED_UNSEEN_AWA2, Config
+from devise_utils.core.config import Config
 from devise_utils.data.awa2 import DataError, dataset_root, read_awa2, seen_unseen
 from devise_utils.study.imagenet import imagenet_overlap
 from devise_utils.study.run import Run
@@ -50,10 +50,6 @@ def split_caveat(cfg: Config) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def has_proposed_split(cfg: Config) -> bool:
-    """Whether the dataset holds any of Xian et al.'s proposed-split unseen classes."""
-    ds = read_awa2(dataset_root(cfg))
-    return any(c in ds.class_ids for c in PROPOSED_UNSEEN_AWA2)
 
 
 def snapshot_convergence(run: Run) -> pd.DataFrame:

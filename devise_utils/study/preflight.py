@@ -28,7 +28,7 @@ from devise_utils.data.awa2 import (
     seen_unseen,
 )
 from devise_utils.data.vectors import check_class_vectors, load_vectors
-from devise_utils.model.backbones import WeightsUnavailableError, check_weights
+from devise_utils.model.backbones import WeightsUnavailableError, check_weights, weights_for
 from devise_utils.study import semantics
 
 #: What the pipeline reports as bad input (exit code 2, the message alone) and not as a crash.
@@ -64,7 +64,6 @@ def weights_needed(cfg: Config, study: bool = False) -> list[tuple[str, str]]:
     comparison notebooks train, each with the weights it gets there."""
     pairs = [(cfg.backbone, cfg.weights)]
     if study:
-        from devise_utils.study.sweeps import weights_for
 
         pairs += [(b, weights_for(b, cfg)) for b in cfg.compare_backbones]
     return list(dict.fromkeys(pairs))

