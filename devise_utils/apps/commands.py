@@ -7,7 +7,7 @@ from pathlib import Path
 
 from devise_utils.apps import vocab
 from devise_utils.apps.export import EXPORT_ROWS, export_checkpoint
-from devise_utils.apps.index import EmbeddingIndex
+from devise_utils.apps.index import load_index
 from devise_utils.apps.search import (
     build_image_index,
     embed_images,
@@ -28,6 +28,18 @@ def _print_hits(hits: list[tuple[str, float]]) -> None:
 
 
 def index(args) -> int:
+    if args.engine == "faiss":
+        if args.method == "exact":
+            raise ValueError("--method exact is the nmslib engine's brute-force search; "
+                             "drop --method or use --engine nmslib")
+        index = build_image_index(args.model, args.photos, args.vectors, engine="faiss",
+                                  out=args.out, batch_size=args.batch_size,
+                                  target_recall=args.target_recall, log=_info)
+        tuned = index.info["tuning"]
+        print(f"indexed {len(index)} images (faiss ivfpq, {index.dim}-d, nprobe "
+              f"{index.nprobe}: recall@{tuned['k']} {tuned['recall']:.3f} on gallery "
+              f"queries) -> {args.out}")
+        return 0
     index = build_image_index(args.model, args.photos, args.vectors, method=args.method,
                               batch_size=args.batch_size)
     index.save(args.out)
@@ -38,7 +50,8 @@ def index(args) -> int:
 def search(args) -> int:
     if (args.query is None) == (args.image is None):
         raise ValueError("give either a text query or --image PATH (not both, not neither)")
-    index = EmbeddingIndex.load(args.index, model=args.model, ef_search=args.ef_search)
+    index = load_index(args.index, model=args.model, ef_search=args.ef_search,
+                       nprobe=args.nprobe)
     if args.query is not None:
         vec_path = args.vectors or index.meta["vectors"]
         wv = query_vectors(existing_file(vec_path, "word-vector"), args.query)
@@ -59,7 +72,7 @@ def tag(args) -> int:
     model, meta = load_model(args.model)
     words = vocab.open_index(args.vectors or meta["vectors"], folder=args.vocab_index,
                              top_n=args.top_n, rebuild=args.rebuild_vocab,
-                             ef_search=args.ef_search, log=_info)
+                             nprobe=args.nprobe, log=_info)
     emb, kept = embed_images(model, paths)
     for path, tags in zip(kept, vocab.tag_images(emb, words, args.k,
                                                  exact=args.method == "exact")):
