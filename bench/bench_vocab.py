@@ -1,8 +1,10 @@
-"""Nearest-word search over a whole vocabulary: nmslib vs faiss (exact, HNSW) vs hnswlib.
+"""Nearest-word search over a whole vocabulary: nmslib vs faiss (exact, HNSW, IVF) vs hnswlib.
 
     python bench/bench_vocab.py                       # GloVe 400k x 50 and random 1M x 300
     python bench/bench_vocab.py --sets glove          # just the real GloVe vocabulary
     python bench/bench_vocab.py --libs faiss-hnsw faiss-exact --sets random --n 200000
+    python bench/bench_vocab.py --sets glove1m --libs faiss-exact faiss-ivf-flat faiss-ivf-sq8 \
+        faiss-hnsw --M 16 --ef-construction 40 --target 0.95   # fastText's 1M x 300 scale
 
 Data sets:
 
@@ -11,6 +13,13 @@ Data sets:
             installs it). 1,000 words drawn at random are held out as queries and the
             other 399,000 are indexed (the ann-benchmarks protocol: a query is never its
             own neighbour).
+``glove1m`` 1,000,000 x 300, the size of fastText's vocabulary: the real GloVe words above
+            (1,000 held out as queries, 399,000 indexed) mapped into 300-d by a fixed random
+            isometry (a 300x50 matrix with orthonormal columns, seed 0: every coordinate is
+            dense, cosines are GloVe's own), plus 601,000 synthetic words, labelled
+            synthetic: each is a random real word's 300-d vector plus isotropic Gaussian
+            noise of norm ~0.5, re-normalised (cosine ~0.89 to that word, like fastText's
+            many variants of one word). Queries are the held-out real words only.
 ``random``  1,000,000 random unit 300-d vectors (fastText's size) and 1,000 random
             queries. Random vectors have no structure at all: HNSW's worst case, far
             harder than real word vectors.
@@ -50,9 +59,13 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-LIBS = ("faiss-exact", "nmslib", "faiss-hnsw", "hnswlib")
-#: efSearch values swept for the HNSW libraries.
+LIBS = ("faiss-exact", "nmslib", "faiss-hnsw", "hnswlib", "faiss-ivf-flat", "faiss-ivf-sq8",
+        "vocab-index")
+#: efSearch values swept for the HNSW libraries, nprobe values for the IVF ones.
 EF_SWEEP = (16, 32, 64, 100, 150, 200, 300, 400, 600, 800)
+NPROBE_SWEEP = (4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256)
+#: Synthetic words of the glove1m set: noise norm around their real word.
+SYNTHETIC_NOISE = 0.5
 
 
 # --- data ------------------------------------------------------------------------------------
@@ -75,7 +88,9 @@ def unit(x: np.ndarray) -> np.ndarray:
 def make_set(name: str, n: int, dim: int, n_queries: int, folder: Path, seed: int = 0) -> dict:
     """Write base.npy, queries.npy and the exact top-k (truth.npy) into ``folder``."""
     rng = np.random.default_rng(seed)
-    if name == "glove":
+    if name == "glove1m":
+        base, queries = glove_1m(n, n_queries, rng)
+    elif name == "glove":
         allv = unit(glove_matrix())
         q_ids = rng.choice(len(allv), n_queries, replace=False)
         keep = np.ones(len(allv), bool)
@@ -92,6 +107,25 @@ def make_set(name: str, n: int, dim: int, n_queries: int, folder: Path, seed: in
     np.save(folder / "queries.npy", queries)
     return {"set": name, "n": len(base), "dim": base.shape[1], "queries": len(queries),
             "gb": base.nbytes / 1e9}
+
+
+def glove_1m(n: int, n_queries: int, rng: np.random.Generator
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """Real GloVe words isometrically in 300-d plus synthetic variants up to ``n`` rows."""
+    allv = unit(glove_matrix())
+    iso = np.linalg.qr(np.random.default_rng(0).standard_normal((300, allv.shape[1])))[0]
+    q_ids = rng.choice(len(allv), n_queries, replace=False)
+    keep = np.ones(len(allv), bool)
+    keep[q_ids] = False
+    queries = unit(allv[q_ids] @ iso.T)
+    base = np.empty((n, 300), np.float32)
+    real = allv[keep]
+    base[:len(real)] = unit(real @ iso.T)
+    for s in range(len(real), n, 100_000):
+        m = min(100_000, n - s)
+        noise = rng.standard_normal((m, 300), dtype=np.float32) * (SYNTHETIC_NOISE / 300 ** .5)
+        base[s:s + m] = unit(base[rng.integers(0, len(real), m)] + noise)
+    return base, queries
 
 
 def exact_topk(base: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
@@ -128,12 +162,18 @@ class Runner:
 
     def build(self) -> None:
         lib, x, p = self.lib, self.base, self.p
+        if lib == "vocab-index":  # devise_utils.apps.vocab's own build: IVF-Flat + tuning
+            self.index = vocab_index(x)
+            return
         if lib.startswith("faiss"):
             import faiss
 
             faiss.omp_set_num_threads(self.threads)
             if lib == "faiss-exact":
                 self.index = faiss.IndexFlatIP(x.shape[1])
+            elif lib.startswith("faiss-ivf"):
+                self.index = ivf_index(faiss, x, lib, p)
+                return
             else:
                 self.index = faiss.IndexHNSWFlat(x.shape[1], p["M"], faiss.METRIC_INNER_PRODUCT)
                 self.index.hnsw.efConstruction = p["efConstruction"]
@@ -150,7 +190,11 @@ class Runner:
             self.index = EmbeddingIndex(x, [""] * len(x), method="hnsw", params=p)
 
     def set_ef(self, ef: int) -> None:
-        if self.lib == "faiss-hnsw":
+        if self.lib == "vocab-index":
+            self.index.set_nprobe(ef)
+        elif self.lib.startswith("faiss-ivf"):
+            self.index.nprobe = ef
+        elif self.lib == "faiss-hnsw":
             self.index.hnsw.efSearch = ef
         elif self.lib == "hnswlib":
             self.index.set_ef(ef)
@@ -158,15 +202,50 @@ class Runner:
             self.index.set_ef_search(ef)
 
     def query(self, q: np.ndarray, k: int, threads: int) -> np.ndarray:
-        if self.lib.startswith("faiss"):
+        if self.lib.startswith(("faiss", "vocab")):
             import faiss
 
             faiss.omp_set_num_threads(threads)
+            if self.lib == "vocab-index":
+                return self.index.knn(q, k)[0]
             return self.index.search(q, k)[1]
         if self.lib == "hnswlib":
             return self.index.knn_query(q, k=k, num_threads=threads)[0]
         self.index.threads = threads
         return self.index.knn(q, k)[0]
+
+
+def vocab_index(x: np.ndarray):
+    """A VocabIndex built as ``tag`` builds one (less parsing the file): nprobe tuned."""
+    import faiss
+
+    from devise_utils.apps import vocab
+
+    index, params = vocab.ivf_flat(faiss, x, vocab.default_nlist(len(x)))
+    v = vocab.VocabIndex([str(i) for i in range(len(x))], index, {"params": params})
+    v.meta["tuning"] = vocab.tune(v, x, vocab.TARGET_RECALL)
+    v.set_nprobe(v.meta["tuning"]["nprobe"])
+    print(f"  vocab-index: nlist {params['nlist']}, tuned nprobe {v.nprobe} (recall "
+          f"{v.meta['tuning']['recall']:.3f} on vocabulary queries)", file=sys.stderr, flush=True)
+    return v
+
+
+def ivf_index(faiss, x: np.ndarray, lib: str, p: dict):
+    """IVF-Flat or IVF-SQ8 (inner product), k-means on a sample of ``p["train"]`` per list."""
+    d, nlist = x.shape[1], p["nlist"]
+    quantizer = faiss.IndexFlatIP(d)
+    if lib == "faiss-ivf-flat":
+        index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
+    else:
+        index = faiss.IndexIVFScalarQuantizer(quantizer, d, nlist, faiss.ScalarQuantizer.QT_8bit,
+                                              faiss.METRIC_INNER_PRODUCT)
+    index.cp.niter = p.get("niter", 10)
+    sample = x[np.random.default_rng(0).choice(len(x), min(len(x), p["train"] * nlist),
+                                               replace=False)]
+    index.train(sample)
+    index.add(x)
+    index.referenced_objects = [quantizer]  # kept alive with the index
+    return index
 
 
 def worker(args) -> None:
@@ -184,7 +263,10 @@ def worker(args) -> None:
     r.build()
     build_s, build_cpu_s = time.perf_counter() - t, _cpu_s() - c
     built_mb = _rss_mb()
-    efs = [None] if args.worker == "faiss-exact" else args.ef
+    efs = ([None] if args.worker == "faiss-exact" else
+           args.nprobe if args.worker.startswith("faiss-ivf") else args.ef)
+    if args.worker == "vocab-index":  # as built (tuned), then the sweep
+        efs = [r.index.nprobe, *args.nprobe]
     sweep = []
     n1 = min(len(queries), args.single)
     for ef in efs:
@@ -236,6 +318,7 @@ def run_worker(lib: str, folder: Path, params: dict, args, extra_path: str | Non
     worker_lib = "nmslib" if lib.startswith("nmslib") else lib
     cmd = [sys.executable, __file__, "--worker", worker_lib, "--data", str(folder),
            "--params", json.dumps(params), "--ef", *map(str, args.ef),
+           "--nprobe", *map(str, args.nprobe),
            "--target", str(args.target), "--single", str(args.single)]
     if args.full_sweep:
         cmd.append("--full-sweep")
@@ -279,7 +362,8 @@ def table(results: list[dict], target: float, k: int) -> str:
                              f"{r['error'].strip().splitlines()[-1][:60]} | | | | | |")
                 continue
             b = best(r, target, k)
-            ef = "" if b["ef_search"] is None else f", ef={b['ef_search']}"
+            knob = "nprobe" if r["lib"].startswith(("faiss-ivf", "vocab")) else "ef"
+            ef = "" if b["ef_search"] is None else f", {knob}={b['ef_search']}"
             x = ex_ms / b["single_cpu_ms"] if ex_ms else None
             speed = "-" if x is None else f"{x:.0f}x" if x >= 10 else f"{x:.1f}x"
             lines.append(
@@ -303,7 +387,8 @@ def _dur(s: float) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sets", nargs="+", choices=["glove", "random"], default=["glove", "random"])
+    ap.add_argument("--sets", nargs="+", choices=["glove", "glove1m", "random"],
+                    default=["glove", "random"])
     ap.add_argument("--n", type=int, default=1_000_000, help="size of the random set")
     ap.add_argument("--dim", type=int, default=300, help="dimension of the random set")
     ap.add_argument("--libs", nargs="+", choices=LIBS, default=list(LIBS))
@@ -314,6 +399,10 @@ def main() -> None:
                     help='JSON, default search.HNSW_PARAMS, e.g. \'{"M": 16, '
                     '"efConstruction": 100}\'')
     ap.add_argument("--ef", type=int, nargs="+", default=list(EF_SWEEP))
+    ap.add_argument("--nprobe", type=int, nargs="+", default=list(NPROBE_SWEEP),
+                    help="nprobe values swept for the IVF libraries")
+    ap.add_argument("--nlist", type=int, default=4096, help="IVF lists")
+    ap.add_argument("--ivf-train", type=int, default=40, help="IVF k-means sample per list")
     ap.add_argument("--target", type=float, default=0.99)
     ap.add_argument("--full-sweep", action="store_true", help="do not stop at the target")
     ap.add_argument("--queries", type=int, default=1000)
@@ -342,8 +431,9 @@ def main() -> None:
     nms = json.loads(args.nmslib_params) if args.nmslib_params else dict(HNSW_PARAMS)
     nms.setdefault("post", 0)
     peer = {"M": args.M, "efConstruction": args.ef_construction}
-    runs = [(lib, nms if lib == "nmslib" else {} if lib == "faiss-exact" else peer, None)
-            for lib in args.libs]
+    ivf = {"nlist": args.nlist, "train": args.ivf_train}
+    runs = [(lib, nms if lib == "nmslib" else {} if lib in ("faiss-exact", "vocab-index") else
+             ivf if lib.startswith("faiss-ivf") else peer, None) for lib in args.libs]
     if args.nmslib_path:  # just before the wheel's row, or last
         at = next((i for i, r in enumerate(runs) if r[0] == "nmslib"), len(runs))
         runs.insert(at, ("nmslib-simd", nms, args.nmslib_path))

@@ -12,7 +12,7 @@ import importlib
 import os
 import sys
 
-from devise_utils.apps.index import DEFAULT_INDEX_DIR, EF_SEARCH, METHODS
+from devise_utils.apps.index import DEFAULT_INDEX_DIR, EF_SEARCH, ENGINES, METHODS
 from devise_utils.core.config import Config
 from devise_utils.data.download import NAMES
 
@@ -89,7 +89,14 @@ def _index_and_search(sub) -> None:
     p.add_argument("--out", default=str(DEFAULT_INDEX_DIR), help="index folder to write")
     p.add_argument("--vectors", help="word-vector file for text queries "
                    "(default: the model's)")
-    p.add_argument("--method", choices=METHODS, default="hnsw")
+    p.add_argument("--engine", choices=ENGINES, default="nmslib",
+                   help="nmslib (default): HNSW in RAM, for up to a few hundred thousand "
+                   "photos; faiss: IVF-PQ on disk, memory-mapped, built in bounded memory, "
+                   "for millions")
+    p.add_argument("--method", choices=METHODS, default="hnsw", help="nmslib engine: hnsw "
+                   "(default) or exact (brute force)")
+    p.add_argument("--target-recall", type=float, default=0.95, help="faiss engine: nprobe "
+                   "is tuned to the smallest reaching this recall@10 on gallery queries")
     p.add_argument("--batch-size", type=int, default=64)
     p.set_defaults(func="devise_utils.apps.commands:index")
 
@@ -101,7 +108,10 @@ def _index_and_search(sub) -> None:
     p.add_argument("--model", help="model for --image (default: the index's; it or an "
                    "export of its checkpoint): " + MODEL_HELP)
     p.add_argument("--vectors", help="word vectors (default: the index's; must match it)")
-    p.add_argument("--ef-search", type=int, help=f"HNSW beam width (default {EF_SEARCH})")
+    p.add_argument("--ef-search", type=int, help=f"nmslib index: HNSW beam width (default "
+                   f"{EF_SEARCH})")
+    p.add_argument("--nprobe", type=int, help="faiss index: inverted lists scanned per query "
+                   "(default: the one tuned when it was built)")
     p.set_defaults(func="devise_utils.apps.commands:search")
 
 
@@ -117,11 +127,12 @@ def _tag_and_label(sub) -> None:
                    help="only the N most frequent words (default: every word of the file)")
     p.add_argument("-k", type=int, default=10, help="tags per image")
     p.add_argument("--method", choices=METHODS, default="hnsw",
-                   help="hnsw (default) or exact: scan every word")
+                   help="hnsw (default): the vocabulary index; exact: scan every word")
     p.add_argument("--vocab-index", help="vocabulary index folder (default: runs/vocab/"
                    "<sha256 of --vectors>-...); built there if absent")
     p.add_argument("--rebuild-vocab", action="store_true", help="rebuild the vocabulary index")
-    p.add_argument("--ef-search", type=int, help="HNSW beam width (default vocab.EF_SEARCH)")
+    p.add_argument("--nprobe", type=int, help="IVF lists scanned per query (default: the one "
+                   "tuned when the vocabulary index was built)")
     p.set_defaults(func="devise_utils.apps.commands:tag")
 
     p = sub.add_parser("label", help="zero-shot labels for a folder of new images")

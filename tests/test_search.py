@@ -200,6 +200,40 @@ def test_cli_index_and_search(world, capsys):
     assert got[0][1] == kept[int(np.argsort(-sims)[1])]
 
 
+def test_cli_faiss_engine_index_and_search(world, capsys, tmp_path):
+    from devise_utils.apps.search import load_model
+    from devise_utils.data.vectors import load_vectors
+    from devise_utils.model.predict import embed_paths
+
+    d, idx = world["dir"], tmp_path / "faiss-index"
+    rc, out, _ = run_cli(capsys, "index", d / "photos", "--model", world["ckpt"], "--out", idx,
+                         "--engine", "faiss")
+    assert rc == 0 and "indexed 6 images (faiss ivfpq" in out
+    side = json.loads((idx / "index.json").read_text())
+    assert side["engine"] == "faiss" and side["meta"]["model_sha256"] and "items" not in side
+    assert len((idx / "items.txt").read_text().splitlines()) == 6
+
+    rc, out, _ = run_cli(capsys, "search", "a striped animal", "--index", idx, "-k", "4",
+                         "--nprobe", "1")
+    got = hits(out)
+    model, _ = load_model(world["ckpt"])
+    emb, kept = embed_paths(model, [str(p) for p in world["images"]], image_size=64)
+    q = text_vector("a striped animal", load_vectors(world["vec"]))
+    order = np.argsort(-(emb @ q))[:4]
+    assert rc == 0 and [p for _, p in got] == [kept[i] for i in order]
+    np.testing.assert_allclose([s for s, _ in got], (emb @ q)[order], atol=2e-3)  # float16
+
+    query = str(world["images"][1])
+    rc, out, _ = run_cli(capsys, "search", "--image", query, "--index", idx, "-k", "3")
+    assert rc == 0 and len(hits(out)) == 3 and query not in out
+    other = make_checkpoint(tmp_path / "other.pth", world["vec"], seed=1)
+    rc, _, err = run_cli(capsys, "search", "--image", query, "--index", idx, "--model", other)
+    assert rc == 2 and str(other) in err and "stage2.pth" in err
+    rc, _, err = run_cli(capsys, "index", d / "photos", "--model", world["ckpt"], "--out",
+                         tmp_path / "x", "--engine", "faiss", "--method", "exact")
+    assert rc == 2 and "--engine nmslib" in err
+
+
 def test_cli_search_errors(world, capsys, tmp_path):
     d, idx = world["dir"], tmp_path / "index"
     assert run_cli(capsys, "index", d / "photos", "--model", world["ckpt"], "--out", idx,

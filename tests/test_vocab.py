@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -40,7 +41,7 @@ def test_build_saves_under_the_sha_then_reuses_without_rebuilding(vec, root, mon
     assert sorted(built.words) == sorted(TAGS)  # search.vocabulary's cleaning: no the/Paris/1999
     side = (built.source / "vocab.json").read_text()
     assert sha in side and str(vec.resolve()) in side
-    graph = built.source / "hnsw.faiss"
+    graph = built.source / "ivf.faiss"
     stamp = graph.stat().st_mtime_ns
 
     def no_rebuild(*a, **k):
@@ -102,6 +103,37 @@ def test_damaged_or_missing_folders(tmp_path, vec, root):
         vocab.VocabIndex.load(v.source)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         vocab.open_index(tmp_path / "missing.vec")
+
+
+def test_nprobe_is_tuned_stored_and_overridable(vec, root):
+    v = vocab.open_index(vec)
+    tuning = v.meta["tuning"]
+    assert v.nprobe == tuning["nprobe"] and tuning["recall"] >= vocab.TARGET_RECALL
+    loaded = vocab.VocabIndex.load(v.source)
+    assert loaded.nprobe == v.nprobe
+    assert vocab.open_index(vec, nprobe=1).nprobe == 1
+    with pytest.raises(ValueError, match="nprobe must be >= 1"):
+        loaded.set_nprobe(0)
+
+
+def test_an_older_format_is_rebuilt_in_its_default_folder_only(vec, root, tmp_path):
+    def make_old(folder):
+        side = folder / "vocab.json"
+        side.write_text(json.dumps({**json.loads(side.read_text()), "format": 1}))
+
+    v = vocab.open_index(vec)
+    make_old(v.source)
+    with pytest.raises(ValueError, match="format 2"):
+        vocab.VocabIndex.load(v.source)
+    heard = []
+    again = vocab.open_index(vec, log=heard.append)
+    assert again.built and again.source == v.source and "older format" in heard[0]
+    mine = tmp_path / "mine"
+    vocab.open_index(vec, folder=mine)
+    make_old(mine)  # a folder the user named is not replaced behind their back
+    with pytest.raises(ValueError, match="--rebuild-vocab"):
+        vocab.open_index(vec, folder=mine)
+    assert vocab.open_index(vec, folder=mine, rebuild=True).built
 
 
 def test_sha256_is_cached_by_size_and_mtime(tmp_path, monkeypatch):

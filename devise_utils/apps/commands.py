@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 
 from devise_utils.apps import vocab
-from devise_utils.apps.index import EmbeddingIndex
+from devise_utils.apps.index import load_index
 from devise_utils.apps.infer import check_index, open_model
 from devise_utils.apps.search import (
     build_image_index,
@@ -31,8 +31,21 @@ def _print_hits(hits: list[tuple[str, float]]) -> None:
 
 
 def index(args) -> int:
-    index = build_image_index(open_model(args.model), args.photos, args.vectors,
-                              method=args.method, batch_size=args.batch_size)
+    model = open_model(args.model)
+    if args.engine == "faiss":
+        if args.method == "exact":
+            raise ValueError("--method exact is the nmslib engine's brute-force search; "
+                             "drop --method or use --engine nmslib")
+        index = build_image_index(model, args.photos, args.vectors, engine="faiss",
+                                  out=args.out, batch_size=args.batch_size,
+                                  target_recall=args.target_recall, log=_info)
+        tuned = index.info["tuning"]
+        print(f"indexed {len(index)} images (faiss ivfpq, {index.dim}-d, nprobe "
+              f"{index.nprobe}: recall@{tuned['k']} {tuned['recall']:.3f} on gallery "
+              f"queries) -> {args.out}")
+        return 0
+    index = build_image_index(model, args.photos, args.vectors, method=args.method,
+                              batch_size=args.batch_size)
     index.save(args.out)
     print(f"indexed {len(index)} images ({index.method}, {index.dim}-d) -> {args.out}")
     return 0
@@ -41,7 +54,7 @@ def index(args) -> int:
 def search(args) -> int:
     if (args.query is None) == (args.image is None):
         raise ValueError("give either a text query or --image PATH (not both, not neither)")
-    index = EmbeddingIndex.load(args.index, ef_search=args.ef_search)
+    index = load_index(args.index, ef_search=args.ef_search, nprobe=args.nprobe)
     model = open_model(args.model) if args.model else None
     if model is not None:  # it may have been retrained since indexing
         check_index(model, index)
@@ -62,7 +75,7 @@ def tag(args) -> int:
     model = open_model(args.model)
     words = vocab.open_index(model_vectors(model, args.vectors), folder=args.vocab_index,
                              top_n=args.top_n, rebuild=args.rebuild_vocab,
-                             ef_search=args.ef_search, log=_info)
+                             nprobe=args.nprobe, log=_info)
     for path, tags in tag_folder(model, paths, words, args.k, exact=args.method == "exact"):
         print(path)
         _print_hits(tags)

@@ -35,6 +35,9 @@ EF_SEARCH = 400
 
 
 METHODS = ("hnsw", "exact")
+#: Index engines: nmslib (HNSW or exact, in RAM; galleries up to a few hundred thousand) and
+#: faiss (IVF-PQ on disk, memory-mapped: millions; :mod:`devise_utils.apps.faiss_index`).
+ENGINES = ("nmslib", "faiss")
 
 
 DEFAULT_INDEX_DIR = ROOT / "runs" / "index"
@@ -143,7 +146,8 @@ class EmbeddingIndex:
             atomic_write(folder / "hnsw.bin",
                          lambda p: self._hnsw.saveIndex(str(p), save_data=False))
         write_json(folder / "index.json", {
-            "format": INDEX_FORMAT, "method": self.method, "params": self.params,
+            "format": INDEX_FORMAT, "engine": "nmslib", "method": self.method,
+            "params": self.params,
             "ef_search": self.ef_search, "n": len(self), "dim": self.dim,
             "meta": self.meta, "items": self.labels,
         })
@@ -166,6 +170,9 @@ class EmbeddingIndex:
                 "`python -m devise_utils index PHOTOS_DIR --model CKPT --out "
                 f"{folder}` or pass --index DIR")
         info = read_json(side)
+        if info.get("engine", "nmslib") != "nmslib":
+            raise ValueError(f"{side} is a {info['engine']} index, not an nmslib one: open it "
+                             "with devise_utils.apps.index.load_index (as `search` does)")
         if info.get("format") != INDEX_FORMAT:
             raise ValueError(f"{side} has index format {info.get('format')}, this code reads "
                              f"{INDEX_FORMAT}: rebuild the index")
@@ -201,17 +208,43 @@ class EmbeddingIndex:
 
         ``sha256`` saves re-hashing a file the caller already hashed.
         """
-        if path is None or f"{key}_sha256" not in self.meta:
-            return
-        want = self.meta[f"{key}_sha256"]
-        have = sha256 or file_sha256(existing_file(path, key))
-        if have != want:
-            where = self.source or "this index"
-            raise IndexMismatchError(
-                f"{where} was built with {key} file {self.meta.get(key)} (sha256 {want[:12]}) "
-                f"but {path} (sha256 {have[:12]}) was given: use the same {key} file, or "
-                f"rebuild the index with `python -m devise_utils index PHOTOS_DIR --model CKPT "
-                f"--vectors FILE`")
+        check_provenance(self.meta, key, path, sha256, where=self.source)
+
+
+def check_provenance(meta: dict[str, Any], key: str, path: str | Path | None,
+                     sha256: str | None = None, where: str | Path | None = None) -> None:
+    """Raise :class:`IndexMismatchError` unless ``path`` hashes to ``meta[key + "_sha256"]``.
+
+    The one rule every index engine applies to its model and word-vector files.
+    """
+    if path is None or f"{key}_sha256" not in meta:
+        return
+    want = meta[f"{key}_sha256"]
+    have = sha256 or file_sha256(existing_file(path, key))
+    if have != want:
+        raise IndexMismatchError(
+            f"{where or 'this index'} was built with {key} file {meta.get(key)} (sha256 "
+            f"{want[:12]}) but {path} (sha256 {have[:12]}) was given: use the same {key} "
+            "file, or rebuild the index with `python -m devise_utils index PHOTOS_DIR "
+            "--model CKPT --vectors FILE`")
+
+
+def load_index(folder: str | Path, *, model: str | Path | None = None,
+               vectors: str | Path | None = None, ef_search: int | None = None,
+               nprobe: int | None = None, threads: int = 0):
+    """Open a saved index with the engine its sidecar names (nmslib when it names none).
+
+    ``ef_search`` tunes an nmslib HNSW index, ``nprobe`` a faiss one; the other is ignored.
+    """
+    side = Path(folder) / "index.json"
+    engine = read_json(side).get("engine", "nmslib") if side.is_file() else "nmslib"
+    if engine == "faiss":
+        from devise_utils.apps.faiss_index import FaissIndex
+
+        return FaissIndex.load(folder, model=model, vectors=vectors, nprobe=nprobe,
+                               threads=threads)
+    return EmbeddingIndex.load(folder, model=model, vectors=vectors, ef_search=ef_search,
+                               threads=threads)
 
 
 def import_nmslib():

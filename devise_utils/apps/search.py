@@ -11,13 +11,14 @@ file is refused before any image is read.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from devise_utils.apps.index import EmbeddingIndex
+from devise_utils.apps.faiss_index import FaissIndex, build_faiss_index
+from devise_utils.apps.index import ENGINES, EmbeddingIndex
 from devise_utils.apps.infer import Embedder, check_dim, check_index, open_model, vector_file_dim
 from devise_utils.apps.text import rank_labels, text_vector
 from devise_utils.apps.vocab import VocabIndex, tag_images
@@ -26,7 +27,7 @@ from devise_utils.data.images import image_files
 from devise_utils.data.vectors import WordVectors, file_sha256
 
 
-def text_to_image(index: EmbeddingIndex, text: str, wv: WordVectors, k: int = 10
+def text_to_image(index: EmbeddingIndex | FaissIndex, text: str, wv: WordVectors, k: int = 10
                   ) -> list[tuple[str, float]]:
     """Images whose embeddings are nearest the query words ("a striped animal")."""
     return index.search(text_vector(text, wv), k)[0]
@@ -51,13 +52,23 @@ def embed_images(model: Embedder, paths: Sequence[str], batch_size: int = 64
 
 def build_image_index(model: Embedder | str | Path, photos: str | Path,
                       vectors: str | Path | None = None, *, method: str = "hnsw",
-                      batch_size: int = 64, **kwargs: Any) -> EmbeddingIndex:
+                      engine: str = "nmslib", out: str | Path | None = None,
+                      batch_size: int = 64, chunk: int = 4096, **kwargs: Any
+                      ) -> EmbeddingIndex | FaissIndex:
     """Embed every image under ``photos`` with ``model`` (an Embedder or a model file) and
     index them.
 
     ``vectors`` (default: the model's own) is recorded so text queries use the same word
     space the model was trained to regress onto; a file of another dimension is refused.
+    ``engine="faiss"`` embeds ``chunk`` photos at a time straight into an on-disk IVF-PQ
+    index in ``out`` (memory stays bounded for millions of photos; ``kwargs`` go to
+    :func:`~devise_utils.apps.faiss_index.build_faiss_index`) and returns it opened.
     """
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
+    if engine == "faiss" and out is None:
+        raise ValueError("the faiss engine writes its index to disk as it builds: pass "
+                         "out=FOLDER (--out)")
     model = model if isinstance(model, Embedder) else open_model(model)
     vectors = model_vectors(model, vectors)
     vec_sha = file_sha256(vectors)
@@ -65,16 +76,38 @@ def build_image_index(model: Embedder | str | Path, photos: str | Path,
         warnings.warn(f"{vectors} is not the vector file {model.path} was trained with "
                       f"({model.vectors}); fine if it comes from the same word model",
                       stacklevel=2)
-    emb, kept = embed_images(model, image_files(photos), batch_size)
+    paths = image_files(photos)
     info = {"kind": "images", "photos": str(Path(photos).resolve()),
             "model": str(model.path.resolve()), "model_sha256": file_sha256(model.path),
             "checkpoint_sha256": model.lineage, "model_format": model.format,
             "vectors": str(Path(vectors).resolve()), "vectors_sha256": vec_sha,
-            "backbone": model.backbone, "image_size": model.image_size, "dim": emb.shape[1]}
+            "backbone": model.backbone, "image_size": model.image_size}
+    if engine == "faiss":
+        chunks = _embedded_chunks(model, paths, info, batch_size, chunk)
+        return build_faiss_index(chunks, out, info, **kwargs)
+    emb, kept = embed_images(model, paths, batch_size)
+    info["dim"] = emb.shape[1]
     return EmbeddingIndex(emb, kept, info, method=method, **kwargs)
 
 
-def image_to_image(index: EmbeddingIndex, model: Embedder, path: str | Path, k: int = 10,
+def _embedded_chunks(model: Embedder, paths: Sequence[str], info: dict[str, Any],
+                     batch_size: int, chunk: int) -> Iterator[tuple[np.ndarray, list[str]]]:
+    """(unit embeddings, readable paths) of ``chunk`` photos at a time; sets ``info["dim"]``."""
+    kept_any = False
+    for s in range(0, len(paths), chunk):
+        try:
+            emb, kept = model.embed_paths(list(paths[s:s + chunk]), batch_size)
+        except ValueError:  # no readable photo in this chunk
+            continue
+        info["dim"], kept_any = int(emb.shape[1]), True
+        yield emb, kept
+    if not kept_any:
+        raise ValueError(f"none of {len(paths)} image(s) could be read "
+                         f"(first: {paths[0] if paths else '-'})")
+
+
+def image_to_image(index: EmbeddingIndex | FaissIndex, model: Embedder, path: str | Path,
+                   k: int = 10,
                    exclude_self: bool = True) -> list[tuple[str, float]]:
     """Images nearest a query image; the query itself is left out if it is indexed."""
     check_index(model, index)

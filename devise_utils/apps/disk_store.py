@@ -1,0 +1,113 @@
+"""On-disk pieces of a large gallery index: unit vectors (float16) and labels, read lazily.
+
+Millions of photos do not fit in RAM as float32 vectors plus a Python list of paths
+(10M x 300 float32 is 12 GB; the paths another ~1 GB). Both are written once, in
+chunks, and read back through memory maps, so a query touches only the rows it
+needs. Sequential reads during a build use plain file reads: a memory map would
+count the whole file in the process's resident memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+
+VECTORS = "vectors.f16"
+ITEMS = "items.txt"
+OFFSETS = "items.idx"
+
+
+class VectorStore:
+    """(n, dim) float16 unit rows in a headerless file; shape comes from the sidecar."""
+
+    def __init__(self, path: str | Path, n: int, dim: int):
+        self.path, self.n, self.dim = Path(path), int(n), int(dim)
+        size = self.path.stat().st_size
+        if size != self.n * self.dim * 2:
+            raise ValueError(f"{self.path} holds {size} bytes, not {self.n} x {self.dim} "
+                             "float16 rows: the index folder is damaged, rebuild it")
+        self._map: np.ndarray | None = None
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.n, self.dim
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """Rows start:stop as float32, by a plain read (for sequential passes)."""
+        stop = min(stop, self.n)
+        with open(self.path, "rb") as f:
+            f.seek(start * self.dim * 2)
+            x = np.fromfile(f, np.float16, (stop - start) * self.dim)
+        return x.reshape(-1, self.dim).astype(np.float32)
+
+    def chunks(self, size: int) -> Iterator[tuple[int, np.ndarray]]:
+        for s in range(0, self.n, size):
+            yield s, self.read(s, s + size)
+
+    def rows(self, ids: np.ndarray) -> np.ndarray:
+        """Rows by id (memory-mapped: only their pages are read), float32, ids' shape + (dim,)."""
+        if self._map is None:
+            self._map = np.memmap(self.path, np.float16, "r", shape=(self.n, self.dim))
+        return self._map[ids].astype(np.float32)
+
+
+class Labels(Sequence):
+    """Labels of a saved index, decoded one at a time from ``items.txt`` via ``items.idx``."""
+
+    def __init__(self, folder: str | Path, n: int):
+        folder = Path(folder)
+        self._idx = np.memmap(folder / OFFSETS, np.int64, "r")
+        if len(self._idx) != n + 1:
+            raise ValueError(f"{folder / OFFSETS} holds {len(self._idx) - 1} labels, not {n}: "
+                             "the index folder is damaged, rebuild it")
+        self._txt = np.memmap(folder / ITEMS, np.uint8, "r")
+
+    def __len__(self) -> int:
+        return len(self._idx) - 1
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        i = int(i)
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError(f"label {i} out of range for {len(self)} items")
+        return bytes(self._txt[self._idx[i]:self._idx[i + 1] - 1]).decode("utf-8")
+
+
+def write_gallery(chunks: Iterable[tuple[np.ndarray, Sequence[str]]], folder: str | Path
+                  ) -> tuple[int, int]:
+    """Stream (vectors, labels) chunks to the vector store and label files; return (n, dim).
+
+    Vectors are unit-normalised and stored as float16: half the disk of float32, and
+    cosine errors of ~1e-3, below the gaps between neighbours that matter.
+    """
+    folder = Path(folder)
+    n, dim, offset = 0, None, 0
+    with open(folder / VECTORS, "wb") as fv, open(folder / ITEMS, "wb") as ft, \
+            open(folder / OFFSETS, "wb") as fo:
+        np.zeros(1, np.int64).tofile(fo)
+        for vecs, labels in chunks:
+            vecs = np.atleast_2d(np.asarray(vecs, np.float32))
+            if len(labels) != len(vecs):
+                raise ValueError(f"{len(labels)} labels for {len(vecs)} vectors")
+            if dim is None:
+                dim = vecs.shape[1]
+            elif vecs.shape[1] != dim:
+                raise ValueError(f"a chunk of {vecs.shape[1]}-d vectors after {dim}-d ones")
+            norms = np.linalg.norm(vecs, axis=1, keepdims=True)
+            (vecs / np.maximum(norms, 1e-12)).astype(np.float16).tofile(fv)
+            raw = [str(lab).encode("utf-8") + b"\n" for lab in labels]
+            if any(b"\n" in r[:-1] for r in raw):
+                raise ValueError("a label contains a newline; labels are one per line")
+            ft.write(b"".join(raw))
+            ends = offset + np.cumsum([len(r) for r in raw], dtype=np.int64)
+            ends.tofile(fo)
+            offset = int(ends[-1]) if len(ends) else offset
+            n += len(vecs)
+    if n == 0:
+        raise ValueError("an index needs at least one vector, got none")
+    return n, dim
