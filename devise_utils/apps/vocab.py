@@ -287,7 +287,9 @@ def open_index(vectors: str | Path, *, folder: str | Path | None = None, clean: 
             vocab = VocabIndex.load(folder, vectors=path, sha256=sha, nprobe=nprobe)
         except IndexMismatchError:
             raise
-        except Exception as e:  # a damaged cache is rebuilt, never trusted
+        except Exception as e:  # a damaged cache is rebuilt, never trusted; a folder the
+            if folder != default:  # user named is not replaced behind their back
+                raise
             if log:
                 log(f"vocabulary index {folder} is damaged ({e}); rebuilding it")
             return open_index(path, folder=folder, clean=clean, top_n=top_n, rebuild=True,
