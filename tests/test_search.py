@@ -201,8 +201,8 @@ def test_cli_index_and_search(world, capsys):
 
 
 def test_cli_faiss_engine_index_and_search(world, capsys, tmp_path):
-    from devise_utils.model.backbones import load_embedder as load_model
     from devise_utils.data.vectors import load_vectors
+    from devise_utils.model.backbones import load_embedder as load_model
     from devise_utils.model.predict import embed_paths
 
     d, idx = world["dir"], tmp_path / "faiss-index"
