@@ -77,3 +77,15 @@ def builtin_dir(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("data")
     ensure_builtin(d / "builtin", seed=0)
     return d
+
+
+@pytest.fixture(scope="session")
+def wn():
+    """WordNet 3.0 for nltk from ../shared (skip where it is absent)."""
+    from devise_utils.study.semantics import wordnet
+
+    data = SHARED / "nltk_data"
+    if not (data / "corpora" / "wordnet.zip").is_file():
+        pytest.skip(f"WordNet not found at {data} (../shared is absent on a user's clone; "
+                    "set DEVISE_SHARED to point at it)")
+    return wordnet(str(data))

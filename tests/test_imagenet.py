@@ -5,20 +5,9 @@ from __future__ import annotations
 import re
 
 import pytest
-from conftest import SHARED
 
 from devise_utils.study import imagenet as I
 from devise_utils.study import semantics as S
-
-NLTK_DATA = SHARED / "nltk_data"
-
-
-@pytest.fixture(scope="module")
-def wn():
-    if not (NLTK_DATA / "corpora" / "wordnet.zip").is_file():
-        pytest.skip(f"WordNet not found at {NLTK_DATA} (../shared is absent on a user's clone; "
-                    "set DEVISE_SHARED to point at it)")
-    return S.wordnet(str(NLTK_DATA))
 
 
 def test_vendored_wnids_and_torchvision_categories_line_up():

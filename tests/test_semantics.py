@@ -9,16 +9,6 @@ from conftest import SHARED
 from devise_utils.data.vectors import WordVectors
 from devise_utils.study import semantics as S
 
-NLTK_DATA = SHARED / "nltk_data"
-
-
-@pytest.fixture(scope="module")
-def wn():
-    if not (NLTK_DATA / "corpora" / "wordnet.zip").is_file():
-        pytest.skip(f"WordNet not found at {NLTK_DATA} (../shared is absent on a user's clone; "
-                    "set DEVISE_SHARED to point at it)")
-    return S.wordnet(str(NLTK_DATA))
-
 
 def _unit(v):
     v = np.asarray(v, dtype=np.float64)

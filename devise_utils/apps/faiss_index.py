@@ -31,6 +31,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import faiss
 import numpy as np
 
 from devise_utils.apps.disk_store import (
@@ -41,9 +42,8 @@ from devise_utils.apps.disk_store import (
     VectorStore,
     write_gallery,
 )
-from devise_utils.apps.index import check_provenance, recall_at_k
+from devise_utils.apps.index import check_provenance, checked_queries, recall_at_k
 from devise_utils.core.files import read_json, write_json
-from devise_utils.data.vectors import normalize
 
 ENGINE = "faiss"
 FORMAT = 1
@@ -62,14 +62,6 @@ PLATEAU = 0.002
 TARGET_RECALL = 0.95
 NPROBE_SWEEP = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
 
-
-def _faiss():
-    try:
-        import faiss
-    except ImportError as e:  # pragma: no cover - faiss-cpu is a pinned dependency
-        raise ImportError("--engine faiss needs faiss: pip install faiss-cpu "
-                          "(pinned in requirements.lock; `make venv` installs it)") from e
-    return faiss
 
 
 @contextmanager
@@ -122,7 +114,6 @@ class FaissIndex:
 
     def __init__(self, folder: str | Path, *, nprobe: int | None = None,
                  rerank: int | None = None, threads: int = 0):
-        faiss = _faiss()
         self.source = Path(folder)
         info = read_json(self.source / SIDECAR)
         self.info = info
@@ -169,14 +160,7 @@ class FaissIndex:
         PQ finds ``rerank`` candidates in the ``nprobe`` nearest lists; their float16
         vectors (memory-mapped) give the exact cosines that rank them.
         """
-        q = np.atleast_2d(np.asarray(queries, dtype=np.float32))
-        if q.shape[1] != self.dim:
-            raise ValueError(f"queries are {q.shape[1]}-d but the index holds {self.dim}-d "
-                             "vectors: the query comes from another model or vector file")
-        if k < 1:
-            raise ValueError(f"k must be >= 1, got {k}")
-        q, k = np.ascontiguousarray(normalize(q)), min(k, len(self))
-        faiss = _faiss()
+        q, k = checked_queries(queries, self.dim, k, len(self))
         if self.threads:
             faiss.omp_set_num_threads(self.threads)
         _, cand = self.index.search(q, min(len(self), max(k, self.rerank)))
@@ -244,7 +228,6 @@ def build_faiss_index(chunks: Iterable[tuple[np.ndarray, Sequence[str]]], folder
     gallery's size. ``params`` override :func:`auto_params`. The sidecar is written
     last, so a folder with one is complete.
     """
-    faiss = _faiss()
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / SIDECAR).unlink(missing_ok=True)

@@ -108,13 +108,7 @@ class EmbeddingIndex:
         k is capped at the index size. If HNSW finds fewer than k neighbours (it
         can, with a tiny efSearch), the missing slots hold id -1 and score NaN.
         """
-        q = np.atleast_2d(np.asarray(queries, dtype=np.float32))
-        if q.shape[1] != self.dim:
-            raise ValueError(f"queries are {q.shape[1]}-d but the index holds {self.dim}-d "
-                             "vectors: the query comes from another model or vector file")
-        if k < 1:
-            raise ValueError(f"k must be >= 1, got {k}")
-        q, k = normalize(q), min(k, len(self))
+        q, k = checked_queries(queries, self.dim, k, len(self))
         if self._hnsw is None:
             return _exact_knn(self.vectors, q, k)
         ids = np.full((len(q), k), -1, np.int64)
@@ -227,6 +221,18 @@ def check_provenance(meta: dict[str, Any], key: str, path: str | Path | None,
             f"{want[:12]}) but {path} (sha256 {have[:12]}) was given: use the same {key} "
             "file, or rebuild the index with `python -m devise_utils index PHOTOS_DIR "
             "--model CKPT --vectors FILE`")
+
+
+def checked_queries(queries: np.ndarray, dim: int, k: int, n: int) -> tuple[np.ndarray, int]:
+    """Unit float32 query rows and k capped at the index size ``n``; a query of another
+    dimension (another model or vector file) or k < 1 is a clear error."""
+    q = np.atleast_2d(np.asarray(queries, dtype=np.float32))
+    if q.shape[1] != dim:
+        raise ValueError(f"queries are {q.shape[1]}-d but the index holds {dim}-d vectors: "
+                         "the query comes from another model or vector file")
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    return np.ascontiguousarray(normalize(q)), min(k, n)
 
 
 def load_index(folder: str | Path, *, model: str | Path | None = None,

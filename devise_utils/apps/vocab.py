@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import faiss
 import numpy as np
 
 from devise_utils.apps.index import IndexMismatchError
@@ -49,14 +50,6 @@ SIDECAR = "vocab.json"
 WORDS = "words.txt"
 INDEX = "ivf.faiss"
 
-
-def _faiss():
-    try:
-        import faiss
-    except ImportError as e:  # pragma: no cover - faiss-cpu is a pinned dependency
-        raise ImportError("the vocabulary index needs faiss: pip install faiss-cpu "
-                          "(pinned in requirements.lock; `make venv` installs it)") from e
-    return faiss
 
 
 def default_nlist(n: int) -> int:
@@ -113,7 +106,6 @@ class VocabIndex:
         ``clean`` keeps only usable tags (see :func:`devise_utils.apps.text.vocabulary`);
         ``top_n`` keeps the file's N most frequent words (default: all of them).
         """
-        faiss = _faiss()
         path = existing_file(vectors, "word-vector", "check --vectors")
         sha = sha256 or cached_sha256(path)
         if path.suffix == ".bin":  # fastText models: the whole vocabulary unless top_n
@@ -141,7 +133,6 @@ class VocabIndex:
         Each file is written atomically and the sidecar is removed first, so a
         folder with a sidecar is always complete.
         """
-        faiss = _faiss()
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         (folder / SIDECAR).unlink(missing_ok=True)
@@ -160,7 +151,6 @@ class VocabIndex:
 
         nprobe is the one tuned at build unless ``nprobe`` is given.
         """
-        faiss = _faiss()
         folder = Path(folder)
         side = folder / SIDECAR
         if not side.is_file():
@@ -199,7 +189,6 @@ class VocabIndex:
             raise ValueError(f"k must be >= 1, got {k}")
         q = np.ascontiguousarray(normalize(q))
         k = min(k, len(self))
-        faiss = _faiss()
         params = faiss.SearchParametersIVF(nprobe=self.index.nlist if exact else self.nprobe)
         scores, ids = self.index.search(q, k, params=params)
         return ids, scores
