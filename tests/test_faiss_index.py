@@ -15,13 +15,8 @@ from devise_utils.apps.faiss_index import (
     build_faiss_index,
     quiet_stdout,
 )
-from devise_utils.apps.index import (
-    EmbeddingIndex,
-    IndexMismatchError,
-    _exact_knn,
-    load_index,
-    recall_at_k,
-)
+from devise_utils.apps.index import EmbeddingIndex, IndexMismatchError, _exact_knn, recall_at_k
+from devise_utils.apps.search import load_index
 from devise_utils.data.vectors import normalize
 
 DIM = 48

@@ -9,12 +9,12 @@ from __future__ import annotations
 import sys
 
 from devise_utils.apps import vocab
-from devise_utils.apps.index import load_index
 from devise_utils.apps.infer import check_index, open_model
 from devise_utils.apps.search import (
     build_image_index,
     image_to_image,
     label_folder,
+    load_index,
     model_vectors,
     tag_folder,
     text_to_image,

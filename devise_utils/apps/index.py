@@ -235,22 +235,6 @@ def checked_queries(queries: np.ndarray, dim: int, k: int, n: int) -> tuple[np.n
     return np.ascontiguousarray(normalize(q)), min(k, n)
 
 
-def load_index(folder: str | Path, *, model: str | Path | None = None,
-               vectors: str | Path | None = None, ef_search: int | None = None,
-               nprobe: int | None = None, threads: int = 0):
-    """Open a saved index with the engine its sidecar names (nmslib when it names none).
-
-    ``ef_search`` tunes an nmslib HNSW index, ``nprobe`` a faiss one; the other is ignored.
-    """
-    side = Path(folder) / "index.json"
-    engine = read_json(side).get("engine", "nmslib") if side.is_file() else "nmslib"
-    if engine == "faiss":
-        from devise_utils.apps.faiss_index import FaissIndex
-
-        return FaissIndex.load(folder, model=model, vectors=vectors, nprobe=nprobe,
-                               threads=threads)
-    return EmbeddingIndex.load(folder, model=model, vectors=vectors, ef_search=ef_search,
-                               threads=threads)
 
 
 def import_nmslib():

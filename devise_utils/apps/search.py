@@ -22,7 +22,7 @@ from devise_utils.apps.index import ENGINES, EmbeddingIndex
 from devise_utils.apps.infer import Embedder, check_dim, check_index, open_model, vector_file_dim
 from devise_utils.apps.text import rank_labels, text_vector
 from devise_utils.apps.vocab import VocabIndex, tag_images
-from devise_utils.core.files import existing_file
+from devise_utils.core.files import existing_file, read_json
 from devise_utils.data.images import image_files
 from devise_utils.data.vectors import WordVectors, file_sha256
 
@@ -133,3 +133,19 @@ def label_folder(model: Embedder, folder: str | Path, classes: Sequence[str], wv
     check_dim(model, wv.dim, f"vector file {wv.source}")
     emb, kept = embed_images(model, image_files(folder))
     return dict(zip(kept, rank_labels(emb, classes, wv, k)))
+
+
+def load_index(folder: str | Path, *, model: str | Path | None = None,
+               vectors: str | Path | None = None, ef_search: int | None = None,
+               nprobe: int | None = None, threads: int = 0):
+    """Open a saved index with the engine its sidecar names (nmslib when it names none).
+
+    ``ef_search`` tunes an nmslib HNSW index, ``nprobe`` a faiss one; the other is ignored.
+    """
+    side = Path(folder) / "index.json"
+    engine = read_json(side).get("engine", "nmslib") if side.is_file() else "nmslib"
+    if engine == "faiss":
+        return FaissIndex.load(folder, model=model, vectors=vectors, nprobe=nprobe,
+                               threads=threads)
+    return EmbeddingIndex.load(folder, model=model, vectors=vectors, ef_search=ef_search,
+                               threads=threads)
