@@ -22,7 +22,7 @@ class ExportMismatchError(DataError):
 
 
 def onnx_session(path: str | Path, threads: int = 1):
-    """An onnxruntime CPU session (``threads`` intra-op threads; 1 = a phone's single core,
+    """An onnxruntime CPU InferenceSession (``threads`` intra-op threads; 1 = a phone's single core,
     0 = one per core). Idle pool threads sleep instead of spinning: the CPU may be shared."""
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads or cores()

@@ -115,7 +115,7 @@ def _launch(exe: str, profile: str) -> tuple[subprocess.Popen, int, int]:
 
 
 def _stop(proc: subprocess.Popen) -> None:
-    """End the browser and its helper processes (its own process group)."""
+    """End the browser and its child processes (its own process group)."""
     try:
         proc.wait(5)
     except subprocess.TimeoutExpired:

@@ -5,7 +5,7 @@ import * as ort from './ort/ort.wasm.bundle.min.js';
 
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
-const S = {};  // the loaded tables, the model session and the last photo's embedding
+const S = {};  // the loaded tables, the InferenceSession and the last photo's embedding
 const N_TAGS = 10, N_HITS = 8;
 
 ort.env.wasm.numThreads = 1;  // threads need cross-origin isolation, which plain static servers lack
