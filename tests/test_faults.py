@@ -70,3 +70,40 @@ def test_a_damaged_vocabulary_index_is_rebuilt(tmp_path, monkeypatch):
     again = vocab.open_index(vec, log=said.append)
     assert len(again) == len(v) and any("damaged" in s for s in said)
     assert len(vocab.VocabIndex.load(v.source)) == len(v)
+
+
+@pytest.mark.slow
+def test_a_killed_training_run_is_trained_again_and_no_partial_checkpoint_is_loaded(tmp_path):
+    """SIGKILL a real `train --stage 1` mid-epoch: nothing half-written is left where a
+    checkpoint is looked for, and the same command then trains and writes one that loads."""
+    import signal
+    import subprocess
+    import sys
+
+    from devise_utils.core.config import make_config
+    from devise_utils.study.run import Run
+
+    sets = {"stage1_epochs": 3, "image_size": 32, "max_per_class": 30}
+    cmd = [sys.executable, "-m", "devise_utils", "train", "--stage", "1", "--data-dir",
+           str(tmp_path / "data"), "--runs-dir", str(tmp_path / "runs"),
+           *[a for k, v in sets.items() for a in ("--set", f"{k}={v}")]]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=env)
+    seen = []
+    for line in proc.stdout:                      # wait until training is under way
+        seen.append(line)
+        if "Stage I epoch 1/" in line:
+            break
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    assert any("Stage I epoch 1/" in ln for ln in seen), "".join(seen)
+    assert not list((tmp_path / "runs").rglob("stage1.pth"))   # killed before it finished
+    cfg = make_config({"data_dir": str(tmp_path / "data"), "runs_dir": str(tmp_path / "runs"),
+                       **sets})
+    again = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert len(list((tmp_path / "runs").rglob("stage1.pth"))) == 1
+    assert not list((tmp_path / "runs").rglob("*.tmp"))           # no temp file survives
+    s1 = Run(cfg).stage1                       # loaded (NotTrainedError if it were not there)
+    assert s1.path.is_file() and s1.model() is not None
