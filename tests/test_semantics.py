@@ -62,7 +62,9 @@ def test_semantic_words_of_dog(wn):
     assert words["gloss"][:7] == ["member", "genus", "canis", "probably", "descended",
                                   "common", "wolf"]
     assert not {"the", "of", "that", "has", "been", "by"} & set(words["gloss"])
-    assert words["hypernyms"] == ["domestic_animal", "domesticated_animal", "canine", "canid"]
+    # hypernyms sorted by synset name (canine.n.02 < domestic_animal.n.01), whatever the
+    # process's hash seed
+    assert words["hypernyms"] == ["canine", "canid", "domestic_animal", "domesticated_animal"]
     with pytest.raises(ValueError, match="unknown semantic part"):
         S.semantic_words(wn.synset("dog.n.01"), ["meronyms"])
 
@@ -88,11 +90,32 @@ def test_class_semantics_sums_unit_parts(wn):
 def test_wordnet_graph_classes_then_ancestors(wn):
     dog, cat = wn.synset("dog.n.01"), wn.synset("cat.n.01")
     A, nodes = S.wordnet_graph([dog, cat], hops=1)
-    assert [n.name() for n in nodes] == ["dog.n.01", "cat.n.01", "domestic_animal.n.01",
-                                         "canine.n.02", "feline.n.01"]
+    assert [n.name() for n in nodes] == ["dog.n.01", "cat.n.01", "canine.n.02",
+                                         "domestic_animal.n.01", "feline.n.01"]
     edges = {(i, j) for i, j in zip(*np.nonzero(A)) if i < j}
     assert edges == {(0, 2), (0, 3), (1, 4)}
     np.testing.assert_array_equal(A, A.T)
+
+
+def test_graph_and_words_do_not_depend_on_the_hash_seed(wn):
+    """nltk stores a synset's pointers in a set: without sorting, the node order and the
+    word lists change with PYTHONHASHSEED (they did between two machines)."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import sys; from devise_utils.study import semantics as S\n"
+            "wn = S.wordnet(sys.argv[1])\n"
+            "syn = [wn.synset(n) for n in ('dog.n.01', 'cat.n.01', 'bus.n.01', 'oak.n.01')]\n"
+            "A, nodes = S.wordnet_graph(syn, hops=3)\n"
+            "print([n.name() for n in nodes], S.semantic_words(syn[0], ['hypernyms']))")
+    outs = set()
+    for seed in ("1", "2", "3"):
+        env = dict(os.environ, PYTHONHASHSEED=seed)
+        r = subprocess.run([sys.executable, "-c", code, str(SHARED / "nltk_data")], env=env,
+                           capture_output=True, text=True, check=True)
+        outs.add(r.stdout)
+    assert len(outs) == 1, outs
 
 
 def test_wordnet_graph_reuses_a_class_node_as_ancestor(wn):
@@ -108,11 +131,11 @@ def test_wordnet_graph_reuses_a_class_node_as_ancestor(wn):
 
 def test_node_semantics_ancestors_get_their_lemma_vectors(wn):
     syn = [wn.synset("dog.n.01")]
-    A, nodes = S.wordnet_graph(syn, hops=1)    # dog, domestic_animal, canine.n.02
+    A, nodes = S.wordnet_graph(syn, hops=1)    # dog, canine.n.02, domestic_animal
     V = S.node_semantics(nodes, WV, 1, np.array([[0.0, 0.0, 1.0]]))
     np.testing.assert_allclose(V[0], [0, 0, 1])          # the class row is the one passed
-    np.testing.assert_allclose(V[1], [0, 1, 0])          # domestic_animal: 'domestic'
-    np.testing.assert_allclose(V[2], [0, 0, 1])          # canine.n.02 lemmas: canine, canid
+    np.testing.assert_allclose(V[1], [0, 0, 1])          # canine.n.02 lemmas: canine, canid
+    np.testing.assert_allclose(V[2], [0, 1, 0])          # domestic_animal: 'domestic'
 
 
 @pytest.mark.shared

@@ -151,10 +151,20 @@ def semantic_words(synset: Any | None, parts: Sequence[str]) -> dict[str, list[s
             words = re.findall(r"[a-z]+", synset.definition().lower())
             out[p] = [w for w in words if len(w) >= 3 and w not in stop]
         elif p == "hypernyms":
-            out[p] = _lemmas(synset.hypernyms() + synset.instance_hypernyms())
+            out[p] = _lemmas(_by_name(synset.hypernyms() + synset.instance_hypernyms()))
         else:  # hyponyms
-            out[p] = _lemmas(synset.hyponyms() + synset.instance_hyponyms())
+            out[p] = _lemmas(_by_name(synset.hyponyms() + synset.instance_hyponyms()))
     return out
+
+
+def _by_name(synsets: list[Any]) -> list[Any]:
+    # nltk keeps a synset's pointers in a set, so their order follows the string hash seed
+    # of the process; sorting by name makes words, graph nodes and results reproducible.
+    return sorted(synsets, key=lambda s: s.name())
+
+
+def _parents(s: Any) -> list[Any]:
+    return _by_name(s.hypernyms() + s.instance_hypernyms())
 
 
 def _unit(v: np.ndarray) -> np.ndarray:
@@ -219,7 +229,7 @@ def wordnet_graph(synsets: Sequence[Any | None], hops: int = 3
     for _ in range(hops):
         nxt = []
         for s in frontier:
-            for h in s.hypernyms() + s.instance_hypernyms():
+            for h in _parents(s):
                 if h not in index:
                     index[h] = len(nodes)
                     nodes.append(h)
@@ -229,7 +239,7 @@ def wordnet_graph(synsets: Sequence[Any | None], hops: int = 3
     for i, s in enumerate(nodes):
         if s is None:
             continue
-        for h in s.hypernyms() + s.instance_hypernyms():
+        for h in _parents(s):
             j = index.get(h)
             if j is not None and j != i:
                 A[i, j] = A[j, i] = 1.0
