@@ -15,6 +15,7 @@ import sys
 from devise_utils.apps.index import DEFAULT_INDEX_DIR, EF_SEARCH, ENGINES, METHODS
 from devise_utils.core.config import Config
 from devise_utils.data.download import NAMES
+from devise_utils.study.results import METHODS as ZSL_METHODS
 
 #: What ``--model`` takes in the commands users run (devise_utils.apps.infer.open_model).
 MODEL_HELP = ("exported model (.onnx, fp32 or int8, with the export.json beside it; runs "
@@ -115,6 +116,10 @@ def _index_and_search(sub) -> None:
     p.set_defaults(func="devise_utils.apps.commands:search")
 
 
+#: Zero-shot methods a command can use: the run's recommended one, or one by key.
+ZSL_CHOICES = ("recommended", *ZSL_METHODS)
+
+
 def _tag_and_label(sub) -> None:
     p = sub.add_parser("tag", help="nearest vocabulary words of images (tags)",
                        description="Tags: the nearest words of the whole vocabulary. "
@@ -128,6 +133,9 @@ def _tag_and_label(sub) -> None:
     p.add_argument("-k", type=int, default=10, help="tags per image")
     p.add_argument("--method", choices=METHODS, default="hnsw",
                    help="hnsw (default): the vocabulary index; exact: scan every word")
+    p.add_argument("--zsl-method", choices=ZSL_CHOICES, default="recommended",
+                   help="zero-shot method scoring the words (default: the one the export "
+                   "chose; devise: the vocabulary index, the fastest)")
     p.add_argument("--vocab-index", help="vocabulary index folder (default: runs/vocab/"
                    "<sha256 of --vectors>-...); built there if absent")
     p.add_argument("--rebuild-vocab", action="store_true", help="rebuild the vocabulary index")
@@ -141,6 +149,11 @@ def _tag_and_label(sub) -> None:
     p.add_argument("--classes", required=True, help='comma-separated names, e.g. "zebra,horse"')
     p.add_argument("--vectors", help="word vectors (default: the model's)")
     p.add_argument("-k", type=int, default=3, help="labels shown per image")
+    p.add_argument("--method", choices=ZSL_CHOICES, default="recommended",
+                   help="zero-shot method (default: the one the export chose, its run's best "
+                   "held-out seen score; a .pth: its run's, if the run is here; else DeViSE)")
+    p.add_argument("--class-synsets", help="class<TAB>WordNet id lines for names whose first "
+                   "noun sense is wrong (methods with WordNet semantics)")
     p.set_defaults(func="devise_utils.apps.commands:label")
 
 
@@ -159,6 +172,10 @@ def _export(sub) -> None:
     p.add_argument("--images", help="calibration/parity images, seen classes only (default: "
                    "the checkpoint's training split)")
     p.add_argument("--n-images", type=int, default=64, help="sample images to use")
+    p.add_argument("--method", choices=ZSL_CHOICES, default="recommended",
+                   help="the zero-shot method label uses (default: the run's best held-out "
+                   "seen score); other than devise, its feature model and head.npz are "
+                   "written beside the Stage II model")
     p.set_defaults(func="devise_utils.apps.export:command")
 
 

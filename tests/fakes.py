@@ -7,6 +7,15 @@ from pathlib import Path
 import numpy as np
 
 DIM = 300
+#: Prepended to a subprocess's code: `import torch` (or fastai, ExecuTorch) then fails.
+BLOCK = """
+import sys
+class _Blocked:  # as if they were not installed: `import torch` raises ImportError
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("torch", "torchvision", "fastai", "torchao", "executorch"):
+            raise ModuleNotFoundError(f"No module named {name!r} (blocked)")
+sys.meta_path.insert(0, _Blocked())
+"""
 
 
 def make_images(folder: Path, n: int = 6, size: int = 72) -> list[Path]:

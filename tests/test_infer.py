@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fakes import DIM, make_checkpoint, make_images, write_vec
+from fakes import BLOCK, DIM, make_checkpoint, make_images, write_vec
 from PIL import Image
 
 from devise_utils.apps.infer import (
@@ -133,13 +133,6 @@ def _words(out: str) -> list[str]:
 
 
 # --- without torch ---------------------------------------------------------------------------
-
-BLOCK = """
-import sys
-for name in ("torch", "torchvision", "fastai", "torchao", "executorch"):
-    sys.modules[name] = None  # `import torch` now raises ImportError
-"""
-
 
 def test_commands_work_with_torch_and_fastai_unimportable(world, tmp_path):
     d, img, onnx = world["dir"], str(world["images"][0]), str(world["int8"])

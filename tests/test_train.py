@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -11,6 +13,8 @@ from devise_utils.core.errors import NotTrainedError
 from devise_utils.model import train
 from devise_utils.model.backbones import build_model, load_model
 from devise_utils.study.run import Run
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _cfg(builtin_dir, runs, **kw):
@@ -120,3 +124,104 @@ def test_frozen_groups_stay_unchanged(builtin_dir, tmp_path):
     # ...while the unfrozen last group did learn.
     assert not all(torch.equal(init.body[9:].state_dict()[k], model.body[9:].state_dict()[k])
                    for k in init.body[9:].state_dict())
+
+
+@pytest.mark.slow
+def test_every_methods_head_scores_what_the_metrics_report(trained):
+    """label, tag and the export use a method through its head (feature model + map + class
+    rows from the names): on the run's own unseen images it must give the run's numbers."""
+    from devise_utils.model.predict import embed_paths
+    from devise_utils.study import metrics as M
+    from devise_utils.study.head import ZeroShotHead, rows_for
+
+    run, r = trained
+    exp = run.data
+    feats = {"stage2": run.embeddings, "stage1_logits": run.stage1_logits,
+             "stage1_penultimate": run.penultimate, "backbone": run.features}
+    results = {"devise": r, **r["baselines"]}
+    assert run.head().method == r["recommended"]
+    for method, res in results.items():
+        head = run.head(method)
+        F = feats[head.features].of("unseen")
+        G = head.image_vectors(F.X)
+        S = M.scores(G, rows_for(head, exp.unseen, exp.vectors), head.metric)
+        got = M.zero_shot_from_scores(S, F.cls.tolist(), exp.unseen)["per_class_top1"]
+        assert got == pytest.approx(res["zero_shot"]["per_class_top1"], abs=1e-9), method
+        # the torch model the export ships computes the features the head was fitted on
+        x, _ = embed_paths(run.feature_model(head.features), F.path[:3].tolist(),
+                           normalize=head.features == "stage2")
+        np.testing.assert_allclose(x, F.X[:3], rtol=1e-4, atol=1e-4)
+    head = run.head("prototypes")
+    rows = head.class_rows(exp.seen[:2] + exp.unseen[:1],
+                           head.S_seen[:2].tolist() + [[0.0] * head.S_seen.shape[1]])
+    np.testing.assert_allclose(rows[:2], head.T_seen[:2])     # a seen class keeps its row
+    X = feats[head.features].X[:2]
+    again = ZeroShotHead.load(head.save(run.cfg.run_dir / "head.npz"))
+    np.testing.assert_array_equal(again.image_vectors(X), head.image_vectors(X))
+
+
+@pytest.mark.slow
+def test_export_and_label_use_the_recommended_method_without_torch(trained, tmp_path, capsys):
+    """``export`` writes the run's recommended method (feature model + head.npz) beside the
+    Stage II model; ``label`` on that export uses it with torch unimportable, and labels the
+    run's unseen images as the run's own scoring does."""
+    import os
+    import subprocess
+    import sys
+
+    from fakes import BLOCK
+
+    from devise_utils.apps.export import export_checkpoint
+    from devise_utils.cli import main
+    from devise_utils.study import metrics as M
+    from devise_utils.study.head import rows_for
+
+    run, r = trained
+    exp, rec = run.data, r["recommended"]
+    out = tmp_path / "export"
+    info = export_checkpoint(run.cfg.run_dir / "stage2.pth", out, log=lambda *a: None)
+    assert info["method"] == rec and "held-out" in info["method_reason"]
+    if rec == "devise":  # then check the path with a method that has a head
+        assert info["head"] is None
+        rec = "prototypes"
+        info = export_checkpoint(run.cfg.run_dir / "stage2.pth", out, method=rec,
+                                 log=lambda *a: None)
+    assert (out / "head.npz").is_file() and info["head"]["method"] == rec
+    unseen = exp.images("unseen").groupby("cls").head(4)
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for p in unseen["path"]:
+        os.symlink(p, folder / os.path.basename(p))
+    onnx = out / f"{run.cfg.backbone}.onnx"
+    argv = ["label", str(folder), "--model", str(onnx), "--classes", ",".join(exp.unseen),
+            "-k", "1"]
+    code = BLOCK + f"from devise_utils.cli import main\nraise SystemExit(main({argv!r}))\n"
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert res.returncode == 0, res.stderr
+    assert f"zero-shot method: {rec}" in res.stderr
+    got = {}
+    for line in res.stdout.splitlines():
+        path, cls, _ = line.split()
+        got[os.path.basename(path)] = cls
+    # the run's own scoring of the same images (its cached features, PyTorch)
+    head = run.head(rec)
+    feats = {"stage1_penultimate": run.penultimate, "backbone": run.features,
+             "stage1_logits": run.stage1_logits}[head.features]
+    F = feats.where(np.isin(feats.path, unseen["path"].to_numpy()))
+    S = M.scores(head.image_vectors(F.X), rows_for(head, exp.unseen, exp.vectors), head.metric)
+    want = {os.path.basename(p): exp.unseen[j] for p, j in zip(F.path, S.argmax(1))}
+    assert len(got) == len(want) == len(unseen)
+    agree = np.mean([got[k] == want[k] for k in want])
+    assert agree >= 0.9, (agree, got, want)
+    # tag scores every vocabulary word through the same head (torch unimportable too)
+    argv = ["tag", str(folder), "--model", str(onnx), "-k", "2"]
+    code = BLOCK + f"from devise_utils.cli import main\nraise SystemExit(main({argv!r}))\n"
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert res.returncode == 0 and f"zero-shot method: {rec}" in res.stderr, res.stderr
+    lines = res.stdout.splitlines()
+    assert len(lines) == 3 * len(unseen) and lines[0].endswith(".jpg"), lines[:6]
+    assert main(["label", str(folder), "--model", str(onnx), "--classes", "zebra,horse",
+                 "--method", "gcn_backbone" if rec != "gcn_backbone" else "eszsl"]) == 2
+    assert "re-export with" in capsys.readouterr().err

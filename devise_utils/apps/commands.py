@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 
 from devise_utils.apps import vocab
-from devise_utils.apps.infer import check_index, open_model
+from devise_utils.apps.infer import check_index, open_labeller, open_model
 from devise_utils.apps.search import (
     build_image_index,
     image_to_image,
@@ -17,6 +17,7 @@ from devise_utils.apps.search import (
     load_index,
     model_vectors,
     tag_folder,
+    tag_with_head,
     text_to_image,
 )
 from devise_utils.apps.text import query_vectors
@@ -72,7 +73,15 @@ def search(args) -> int:
 
 def tag(args) -> int:
     paths = [p for img in args.images for p in image_files(img)]
-    model = open_model(args.model)
+    model = open_labeller(args.model, args.zsl_method, log=_info)
+    if model.head is not None:
+        _info(f"zero-shot method: {model.head.method} (every vocabulary word scored; "
+              "--zsl-method devise uses the vocabulary index)")
+        vec = existing_file(args.vectors or model.vectors, "word-vector")
+        for path, tags in tag_with_head(model, paths, vec, args.k, top_n=args.top_n):
+            print(path)
+            _print_hits(tags)
+        return 0
     words = vocab.open_index(model_vectors(model, args.vectors), folder=args.vocab_index,
                              top_n=args.top_n, rebuild=args.rebuild_vocab,
                              nprobe=args.nprobe, log=_info)
@@ -88,8 +97,17 @@ def _info(msg: str) -> None:
 
 def label(args) -> int:
     classes = [c.strip() for c in args.classes.split(",") if c.strip()]
-    model = open_model(args.model)
-    wv = load_vectors(model_vectors(model, args.vectors), words=classes)
-    for path, ranked in label_folder(model, args.folder, classes, wv, args.k).items():
+    model = open_labeller(args.model, args.method, log=_info)
+    if model.head is None:
+        wv = load_vectors(model_vectors(model, args.vectors), words=classes)
+    else:
+        from devise_utils.study.head import words_needed
+
+        _info(f"zero-shot method: {model.head.method} (its feature model {model.path.name})")
+        vec = existing_file(args.vectors or model.vectors, "word-vector")
+        wv = load_vectors(vec, words=classes, optional=words_needed(
+            model.head, classes, args.class_synsets), hash_file=False)
+    for path, ranked in label_folder(model, args.folder, classes, wv, args.k,
+                                     args.class_synsets).items():
         print(path + "  " + "  ".join(f"{c} {s:.4f}" for c, s in ranked))
     return 0

@@ -108,7 +108,7 @@ def _thumbnails(paths: Sequence[str], out: Path, size: int) -> list[str]:
 def _export(ckpt: str | Path, out: Path, images: str | None) -> dict[str, Any]:
     """The int8 ONNX model and its sidecar (paths made relative to the folder)."""
     with tempfile.TemporaryDirectory(prefix="devise-demo-") as tmp:
-        info = export_checkpoint(ckpt, tmp, int8=True, images=images)
+        info = export_checkpoint(ckpt, tmp, int8=True, images=images, method="devise")
         shutil.copyfile(info["onnx_int8"], out / MODEL)
     # file names only: the folder is published, the paths of this machine are not
     info = {**info, "onnx_int8": MODEL, "formats": ["onnx-int8"],

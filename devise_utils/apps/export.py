@@ -49,6 +49,7 @@ from devise_utils.apps.executorch_export import (
     pte_embed,
     require_executorch,
 )
+from devise_utils.apps.infer import resolve_method
 from devise_utils.apps.onnx_export import export_onnx, quantize_int8
 from devise_utils.apps.runtime import INPUT, OUTPUT, onnx_embed
 from devise_utils.apps.torchscript_export import export_torchscript, torchscript_embed
@@ -60,6 +61,8 @@ from devise_utils.model.backbones import load_embedder
 from devise_utils.model.predict import IMAGENET_MEAN, IMAGENET_STD, as_batch
 
 FORMATS = ("onnx", "executorch", "torchscript")
+#: The zero-shot head of a method other than DeViSE, beside its feature model.
+HEAD_FILE = "head.npz"
 
 
 # --- inputs ----------------------------------------------------------------------------------
@@ -227,22 +230,49 @@ def _sample_paths(ckpt_meta: dict[str, Any], images: str | None, n: int) -> list
     return spread_sample(t.loc[t["split"] == "train", "path"].astype(str).tolist(), n)
 
 
-def export_checkpoint(ckpt: str | Path, out_dir: str | Path, *, int8: bool = False,
-                      images: str | None = None, n_images: int = 64,
-                      formats: Sequence[str] = ("onnx",)) -> dict[str, Any]:
-    """Export a Stage II checkpoint in ``formats``; writes ``export.json`` (files, parity,
-    input spec). Refuses (RuntimeError) an fp32 export that disagrees with PyTorch."""
-    formats = checked_formats(formats)  # fails fast (e.g. ExecuTorch missing) before any work
-    model, meta = load_embedder(existing_file(ckpt, "checkpoint"))
-    size = model.image_size
-    samples = _sample_paths(meta, images, n_images)
-    report = export_all(model, out_dir, size, samples, name=meta["backbone"], int8=int8,
-                        formats=formats)
+def _check_parity(report: dict[str, Any], ckpt: str | Path) -> None:
     for what, key in (("ONNX", "fp32"), ("ExecuTorch", "pte_fp32_parity"),
                       ("TorchScript", "torchscript_parity")):
         if key in report and report[key]["min_cosine"] < 0.999:
             raise RuntimeError(f"{what} export of {ckpt} disagrees with PyTorch (min cosine "
                                f"{report[key]['min_cosine']:.5f} < 0.999); do not ship it")
+
+
+def export_checkpoint(ckpt: str | Path, out_dir: str | Path, *, int8: bool = False,
+                      images: str | None = None, n_images: int = 64,
+                      formats: Sequence[str] = ("onnx",), method: str = "recommended",
+                      log=print) -> dict[str, Any]:
+    """Export a Stage II checkpoint in ``formats``; writes ``export.json`` (files, parity,
+    input spec). Refuses (RuntimeError) an fp32 export that disagrees with PyTorch.
+
+    ``method``: the zero-shot method ``label`` uses, by default the run's recommended one
+    (best held-out seen score). Unless it is DeViSE, its feature model is exported beside
+    the Stage II model, with its head (``head.npz``: :mod:`devise_utils.study.head`). A
+    checkpoint whose run has no held-out choice (or no dataset here) exports DeViSE, and
+    ``export.json`` says why."""
+    formats = checked_formats(formats)  # fails fast (e.g. ExecuTorch missing) before any work
+    model, meta = load_embedder(existing_file(ckpt, "checkpoint"))
+    size = model.image_size
+    run, method, why = resolve_method(meta, method)
+    samples = _sample_paths(meta, images, n_images)
+    report = export_all(model, out_dir, size, samples, name=meta["backbone"], int8=int8,
+                        formats=formats)
+    _check_parity(report, ckpt)
+    head = None
+    if method != "devise":
+        head = run.head(method)
+        feats = run.feature_model(head.features)
+        head_report = export_all(feats, out_dir, size, samples,
+                                 name=f"{meta['backbone']}-{method}", int8=int8,
+                                 formats=formats)
+        _check_parity(head_report, ckpt)
+        head_file = head.save(Path(out_dir) / HEAD_FILE)
+        head = {"method": method, "file": HEAD_FILE, "sha256": file_sha256(head_file),
+                "features": head.features, "metric": head.metric, "rows_from": head.rows_from,
+                "semantics": head.semantics, "files": exported_files(head_report),
+                "dim": int(np.asarray(torch_embed(feats, as_batch(samples[:1], size))).shape[1]),
+                "chosen": head.info.get("chosen")}
+    log(f"zero-shot method for label: {method} ({why})")
     info = {"checkpoint": str(Path(ckpt).resolve()), "checkpoint_sha256": file_sha256(ckpt),
             "backbone": meta["backbone"], "dim": meta["dim"],
             "input": {"name": INPUT, "shape": ["batch", 3, size, size], "dtype": "float32",
@@ -252,7 +282,7 @@ def export_checkpoint(ckpt: str | Path, out_dir: str | Path, *, int8: bool = Fal
             "output": {"name": OUTPUT, "note": "raw embedding; L2-normalise before cosine"},
             "vectors": meta.get("vectors"), "vectors_sha256": meta.get("vectors_sha256"),
             "image_size": size, "files": exported_files(report), "n_samples": len(samples),
-            **report}
+            "method": method, "method_reason": why, "head": head, **report}
     write_json(Path(out_dir) / "export.json", info)
     return info
 
@@ -267,7 +297,7 @@ def exported_files(report: dict[str, Any]) -> dict[str, dict[str, str]]:
 def command(args) -> int:
     """``python -m devise_utils export``."""
     info = export_checkpoint(args.model, args.out, int8=args.int8, images=args.images,
-                             n_images=args.n_images, formats=args.format)
+                             n_images=args.n_images, formats=args.format, method=args.method)
     for _, key, cos_key in EXPORT_ROWS:
         if key in info:
             print(f"{key:12s} {Path(info[key]).stat().st_size / 1e6:7.2f} MB  "

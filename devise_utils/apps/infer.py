@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -60,14 +61,18 @@ class Embedder:
     vectors_sha256: str | None = None
     backbone: str = ""
     run: Callable[[np.ndarray], np.ndarray] = field(default=None, repr=False)
+    #: A zero-shot head (:class:`~devise_utils.study.head.ZeroShotHead`): the model then
+    #: outputs that method's raw features, and ``head`` turns them into scores.
+    head: Any = None
 
     def embed_arrays(self, x: np.ndarray) -> np.ndarray:
         """Raw embeddings of a preprocessed float32 (N, 3, S, S) batch."""
         return self.run(np.ascontiguousarray(x, dtype=np.float32))
 
-    def embed_paths(self, paths: Sequence[str], batch_size: int = 64
+    def embed_paths(self, paths: Sequence[str], batch_size: int = 64, normalized: bool = True
                     ) -> tuple[np.ndarray, list[str]]:
-        """Unit embeddings of the readable images and their paths; ValueError if none."""
+        """Unit (or raw) embeddings of the readable images and their paths; ValueError if
+        none."""
         embs, kept = [], []
         for x, ok in read_batches([str(p) for p in paths], self.image_size, batch_size):
             embs.append(self.embed_arrays(x))
@@ -75,7 +80,8 @@ class Embedder:
         if not embs:
             raise ValueError(f"none of {len(paths)} image(s) could be read "
                              f"(first: {paths[0] if len(paths) else '-'})")
-        return normalize(np.concatenate(embs)), kept
+        out = np.concatenate(embs)
+        return (normalize(out) if normalized else out), kept
 
 
 def open_model(path: str | Path, threads: int = 0) -> Embedder:
@@ -145,6 +151,92 @@ def onnx_model(path: str | Path, threads: int = 0) -> Embedder:
                     vectors=info.get("vectors"), vectors_sha256=info.get("vectors_sha256"),
                     backbone=info.get("backbone", ""),
                     run=lambda x: sess.run(None, {name: x})[0])
+
+
+def open_labeller(path: str | Path, method: str = "recommended", threads: int = 0,
+                  log: Callable[[str], None] = print) -> Embedder:
+    """The model ``label`` uses: DeViSE (the Stage II model) or another zero-shot method as
+    its feature model with a ``head``. ``recommended``: what the export chose (an ``.onnx``),
+    or the checkpoint's run's choice (a ``.pth``, if that run is here; else DeViSE, said)."""
+    path = Path(path)
+    if method == "devise" or not path.is_file() or path.suffix not in MODEL_SUFFIXES:
+        return open_model(path, threads)
+    if path.suffix == ".pth":
+        return _torch_labeller(path, method, log)
+    info = read_sidecar(path)
+    head = info.get("head")
+    if head is None or method not in ("recommended", head["method"]):
+        if method == "recommended":
+            return open_model(path, threads)
+        have = ", ".join(["devise"] + ([head["method"]] if head else []))
+        raise ModelMismatchError(f"{path.parent / SIDECAR} exports {have}, not {method}: "
+                                 f"re-export with `python -m devise_utils export --method "
+                                 f"{method} ...`")
+    fmt = info["file"].get("format")
+    names = [n for n, f in head["files"].items() if f.get("format") == fmt] or list(head["files"])
+    model_file = path.parent / names[0]
+    head_file = path.parent / head["file"]
+    for f, want in ((model_file, head["files"][names[0]].get("sha256")),
+                    (head_file, head.get("sha256"))):
+        if not f.is_file() or (want and want != file_sha256(f)):
+            raise ModelMismatchError(f"{f} is missing or not the file {path.parent / SIDECAR} "
+                                     f"describes: {REEXPORT}")
+    from devise_utils.study.head import ZeroShotHead
+
+    sess = onnx_session(model_file, threads)
+    name = sess.get_inputs()[0].name
+    return Embedder(path=model_file, image_size=info["image_size"], dim=int(head["dim"]),
+                    lineage=info.get("checkpoint_sha256") or file_sha256(path),
+                    format=names[0], vectors=info.get("vectors"),
+                    vectors_sha256=info.get("vectors_sha256"), backbone=info.get("backbone", ""),
+                    run=lambda x: sess.run(None, {name: x})[0],
+                    head=ZeroShotHead.load(head_file))
+
+
+def _torch_labeller(path: Path, method: str, log: Callable[[str], None]) -> Embedder:
+    """A checkpoint's method through its run (PyTorch): needs the run's dataset here."""
+    import torch
+
+    from devise_utils.model.backbones import load_embedder
+
+    _, meta = load_embedder(path)
+    run, chosen, why = resolve_method(meta, method)
+    log(f"zero-shot method: {chosen} ({why})")
+    if chosen == "devise":
+        return torch_model(path)
+    head = run.head(chosen)
+    model = run.feature_model(head.features).eval()
+
+    def fwd(x: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return model(torch.from_numpy(x)).float().numpy()
+
+    return Embedder(path=path, image_size=model.image_size, dim=0, lineage=file_sha256(path),
+                    format="pytorch", vectors=meta.get("vectors"),
+                    vectors_sha256=meta.get("vectors_sha256"), backbone=meta["backbone"],
+                    run=fwd, head=head)
+
+
+def resolve_method(meta: dict[str, Any], method: str) -> tuple[Any, str, str]:
+    """(the checkpoint's Run or None, the method to export, why): ``recommended`` is read
+    from the run's metrics, and falls back to DeViSE, saying why, where there are none."""
+    if method == "devise":
+        return None, "devise", "asked for"
+    from devise_utils.core.config import config_from_meta
+    from devise_utils.core.errors import NotTrainedError
+    from devise_utils.study.run import Run  # torch: only a checkpoint's run needs it
+
+    try:
+        run = Run(config_from_meta(meta["config"]), log=lambda *a, **k: None)
+        if method != "recommended":
+            return run, method, "asked for"
+        return run, run.recommended(), "the best held-out seen score of its run"
+    except (KeyError, ValueError, FileNotFoundError, NotTrainedError) as e:
+        if method != "recommended":
+            raise ValueError(f"cannot export method {method!r}: its run is not available "
+                             f"here ({e})") from e
+        return None, "devise", f"no held-out choice available: {str(e).splitlines()[0]}"
+
 
 
 # --- Stage II checkpoints (PyTorch) ------------------------------------------------------------

@@ -19,12 +19,19 @@ import numpy as np
 
 from devise_utils.apps.faiss_index import FaissIndex, build_faiss_index
 from devise_utils.apps.index import ENGINES, EmbeddingIndex
-from devise_utils.apps.infer import Embedder, check_dim, check_index, open_model, vector_file_dim
+from devise_utils.apps.infer import (
+    Embedder,
+    ModelMismatchError,
+    check_dim,
+    check_index,
+    open_model,
+    vector_file_dim,
+)
 from devise_utils.apps.text import rank_labels, text_vector
 from devise_utils.apps.vocab import VocabIndex, tag_images
 from devise_utils.core.files import existing_file, read_json
 from devise_utils.data.images import image_files
-from devise_utils.data.vectors import WordVectors, file_sha256
+from devise_utils.data.vectors import WordVectors, file_sha256, normalize
 
 
 def text_to_image(index: EmbeddingIndex | FaissIndex, text: str, wv: WordVectors, k: int = 10
@@ -127,12 +134,63 @@ def tag_folder(model: Embedder, paths: Sequence[str], vocab: VocabIndex, k: int 
     return list(zip(kept, tag_images(emb, vocab, k, exact=exact)))
 
 
+def tag_with_head(model: Embedder, paths: Sequence[str], vectors: str | Path, k: int = 10, *,
+                  top_n: int | None = None, chunk: int = 20000
+                  ) -> list[tuple[str, list[tuple[str, float]]]]:
+    """Tags by a zero-shot head: every vocabulary word scored as a class of the head's
+    method (its row from the word's vector: a vocabulary word has no WordNet synset looked
+    up, so only the name part of the semantics counts), ``chunk`` words at a time, exact."""
+    from devise_utils.apps.text import vocabulary
+    from devise_utils.data.vectors import load_vectors
+
+    head = model.head
+    if head.rows_from == "fixed":
+        raise ValueError(f"the {head.method} head has rows for its run's classes only, not a "
+                         "vocabulary: tag with --zsl-method devise (or export another method)")
+    wv = load_vectors(vectors, top_n=top_n, hash_file=False) if top_n else load_vectors(
+        vectors, hash_file=False)
+    if head.semantic_dim not in (None, wv.dim):
+        raise ModelMismatchError(f"the {head.method} head of {model.path} needs "
+                                 f"{head.semantic_dim}-d word vectors but {vectors} is "
+                                 f"{wv.dim}-d: use the vector file its run was trained on")
+    words, V = vocabulary(wv)
+    V = normalize(V)  # a word's semantics, as a class name's (unit vector)
+    F, kept = model.embed_paths(list(paths), normalized=False)
+    G = head.image_vectors(F)
+    best_s = np.full((len(G), 0), -np.inf)
+    best_i = np.zeros((len(G), 0), int)
+    for i in range(0, len(words), chunk):
+        S = head.scores(G, head.class_rows(words[i:i + chunk], V[i:i + chunk]))
+        s = np.concatenate([best_s, S], 1)
+        idx = np.concatenate([best_i, np.arange(i, i + S.shape[1])[None].repeat(len(G), 0)], 1)
+        top = np.argsort(-s, axis=1, kind="stable")[:, :k]
+        best_s, best_i = np.take_along_axis(s, top, 1), np.take_along_axis(idx, top, 1)
+    return [(p, [(words[j], float(v)) for j, v in zip(best_i[n], best_s[n])])
+            for n, p in enumerate(kept)]
+
+
 def label_folder(model: Embedder, folder: str | Path, classes: Sequence[str], wv: WordVectors,
-                 k: int | None = None) -> dict[str, list[tuple[str, float]]]:
-    """Zero-shot labels for every image under ``folder``: path -> ranked (class, cosine)."""
-    check_dim(model, wv.dim, f"vector file {wv.source}")
-    emb, kept = embed_images(model, image_files(folder))
-    return dict(zip(kept, rank_labels(emb, classes, wv, k)))
+                 k: int | None = None, class_synsets: str | Path | None = None
+                 ) -> dict[str, list[tuple[str, float]]]:
+    """Zero-shot labels for every image under ``folder``: path -> ranked (class, score),
+    by DeViSE's cosine, or by the model's zero-shot head (its method's rows of the names)."""
+    head = model.head
+    if head is None:
+        check_dim(model, wv.dim, f"vector file {wv.source}")
+        emb, kept = embed_images(model, image_files(folder))
+        return dict(zip(kept, rank_labels(emb, classes, wv, k)))
+    from devise_utils.study.head import rows_for
+
+    if not classes:
+        raise ValueError("no class names given; pass e.g. --classes \"zebra,horse\"")
+    if head.semantic_dim not in (None, wv.dim):
+        raise ModelMismatchError(f"the {head.method} head of {model.path} needs "
+                                 f"{head.semantic_dim}-d word vectors but {wv.source} is "
+                                 f"{wv.dim}-d: use the vector file its run was trained on")
+    F, kept = model.embed_paths(image_files(folder), normalized=False)
+    S = head.scores(head.image_vectors(F), rows_for(head, classes, wv, class_synsets))
+    top = np.argsort(-S, axis=1, kind="stable")[:, :k or len(classes)]
+    return {p: [(classes[j], float(S[i, j])) for j in top[i]] for i, p in enumerate(kept)}
 
 
 def load_index(folder: str | Path, *, model: str | Path | None = None,

@@ -79,9 +79,17 @@ def last_layer(model: DeViSEModel) -> tuple[nn.Module, np.ndarray, np.ndarray]:
         shift = bn.bias.detach().double() if bn.affine else torch.zeros(len(W)).double()
         scale = gain / torch.sqrt(bn.running_var.double() + bn.eps)
         W, b = W * scale[:, None], (b - bn.running_mean.double()) * scale + shift
-    penultimate = nn.Sequential(model.body, *layers[:i])
-    penultimate.image_size = model.image_size
+    penultimate = DeViSEModel(model.body, nn.Sequential(*layers[:i]), model._groups,
+                              model.backbone, model.image_size)  # exports like the model
     return penultimate, W.float().numpy(), b.float().numpy()
+
+
+def backbone_body(model: DeViSEModel) -> nn.Module:
+    """``model``'s body with a global average pool: the pooled features (before any head)
+    that the linear map and the frozen-backbone methods read."""
+    feats = nn.Sequential(model.body, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    feats.image_size = model.image_size
+    return feats
 
 
 def splitter(model: DeViSEModel) -> list[list[nn.Parameter]]:

@@ -13,11 +13,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 from scipy.special import softmax
 
 from devise_utils.data.experiment import Experiment
-from devise_utils.model.backbones import count_params
+from devise_utils.model.backbones import backbone_body, count_params
 from devise_utils.model.predict import embed_paths
 from devise_utils.model.train import StageResult
 from devise_utils.study import metrics as M
@@ -43,9 +42,8 @@ def image_embeddings(exp: Experiment, s2: StageResult, device: str = "cpu") -> E
 
 def backbone_features(exp: Experiment, model, device: str = "cpu") -> Embedded:
     """Pooled body features (before the head) of every image: the linear map's input."""
-    feats = torch.nn.Sequential(model.body, torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
-    feats.image_size = model.image_size
-    return embed_table(exp.table, feats, exp.cfg.batch_size, device, normalize=False)
+    return embed_table(exp.table, backbone_body(model), exp.cfg.batch_size, device,
+                       normalize=False)
 
 
 def conse_vectors(exp: Experiment, logits: Embedded, top: int) -> Embedded:

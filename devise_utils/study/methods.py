@@ -169,7 +169,8 @@ def class_semantics_for(exp: Any, parts: str, synsets_file: str | None, hops: in
     except S_.WordNetMissingError:
         if wanted != ["name"]:
             raise
-        return {"S": exp.class_vectors(), "adjacency": None, "node_vecs": None, "synsets": None,
+        return {"S": S_.class_semantics(exp.classes, exp.vectors), "adjacency": None,
+                "node_vecs": None, "synsets": None,
                 "why_no_graph": "WordNet is not installed (nltk.download('wordnet'))"}
     overrides = S_.read_class_synsets(synsets_file, wn) if synsets_file else {}
     syn = S_.class_synsets(exp.classes, overrides, wn)

@@ -22,9 +22,10 @@ import numpy as np
 import pandas as pd
 
 from devise_utils.core.config import Config, make_config
+from devise_utils.core.errors import NotTrainedError
 from devise_utils.core.files import cached, read_json, write_json
 from devise_utils.data.experiment import Experiment, experiment, image_size_for
-from devise_utils.model.backbones import build_model, last_layer
+from devise_utils.model.backbones import backbone_body, build_model, last_layer
 from devise_utils.model.train import (
     finished_stage,
     lr_find,
@@ -42,6 +43,7 @@ from devise_utils.study.evaluate import (
     image_embeddings,
     linear_map_vectors,
 )
+from devise_utils.study.head import ZeroShotHead, fit_head
 from devise_utils.study.methods import (
     backbone_space,
     class_semantics_for,
@@ -262,6 +264,37 @@ class Run:
         for res in [result, *(result.get("baselines") or {}).values()]:
             res["zero_shot"]["per_class_top1_clean"] = clean_top1(res["zero_shot"], overlap)
         return result
+
+    def recommended(self) -> str:
+        """The method chosen on held-out seen classes, read from this run's metrics (not
+        computed here: that would train the calibration round unasked)."""
+        path = self.cfg.run_dir / f"metrics-{self._eval_key(True, True)}.json"
+        if not path.is_file():
+            raise NotTrainedError(
+                f"no held-out choice for this run yet ({path} is missing): run the study "
+                "(`python -m devise_utils.pipeline ...`, notebook 06) or Run(cfg).metrics() "
+                "first, or name a method (--method devise)")
+        return read_json(path)["recommended"]
+
+    def head(self, method: str = "recommended") -> ZeroShotHead:
+        """The zero-shot head of ``method`` (default: the recommended one) that label, tag and
+        the export use: its image map and class rows (:mod:`devise_utils.study.head`)."""
+        return fit_head(self, self.recommended() if method == "recommended" else method)
+
+    def feature_model(self, features: str):
+        """The torch model a head reads (``ZeroShotHead.features``), image -> raw features."""
+        if features == "stage2":
+            return self.stage2.model()
+        if features == "stage1_logits":
+            return self.stage1.model()
+        if features == "stage1_penultimate":
+            return last_layer(self.stage1.model())[0]
+        if features == "backbone":  # as :attr:`features` reads it
+            cfg = self.cfg
+            return backbone_body(build_model(cfg.backbone, 1, cfg.weights,
+                                             image_size=cfg.image_size)
+                                 if cfg.pretrained else self.stage1.model())
+        raise ValueError(f"unknown feature model {features!r}")
 
     def _eval_key(self, baselines: bool, calibrate: bool) -> str:
         c = self.cfg
