@@ -154,6 +154,9 @@ def _tag_and_label(sub) -> None:
                    "held-out seen score; a .pth: its run's, if the run is here; else DeViSE)")
     p.add_argument("--class-synsets", help="class<TAB>WordNet id lines for names whose first "
                    "noun sense is wrong (methods with WordNet semantics)")
+    p.add_argument("--transductive", action="store_true", help="gallery mode: move each "
+                   "class's row onto this folder's photos (k-means) before labelling; labels "
+                   "then depend on the whole folder")
     p.set_defaults(func="devise_utils.apps.commands:label")
 
 

@@ -81,3 +81,29 @@ def test_tag_with_head_merges_chunks_into_the_exact_top_k(tmp_path):
     for (_, tags), s in zip(got, S):
         assert [w for w, _ in tags] == [words[j] for j in np.argsort(-s)[:3]]
         np.testing.assert_allclose([v for _, v in tags], np.sort(s)[::-1][:3], rtol=1e-6)
+
+
+def test_label_transductive_refines_the_rows_on_the_folder(tmp_path):
+    from devise_utils.apps.search import label_folder
+    from devise_utils.data.vectors import WordVectors
+    from devise_utils.study.transfer import kmeans_refine
+
+    paths = make_images(tmp_path / "img", n=6, size=16)
+    wv = WordVectors(["fox", "owl"], np.array([[1.0, 0.2], [0.1, 1.0]], np.float32))
+    model = Embedder(path=Path("fake.onnx"), image_size=16, dim=3, lineage="x", format="fake",
+                     run=lambda x: x.mean((2, 3)), head=_ridge_head())
+    got = label_folder(model, tmp_path / "img", ["fox", "owl"], wv, transductive=True)
+    F, kept = model.embed_paths([str(p) for p in sorted(paths)], normalized=False)
+    G = model.head.image_vectors(F)
+    R = model.head.class_rows(["fox", "owl"], wv.vectors / np.linalg.norm(
+        wv.vectors, axis=1, keepdims=True))
+    P = kmeans_refine(G, R, metric="cosine")
+    S = (G / np.linalg.norm(G, axis=1, keepdims=True)) @ (
+        P / np.linalg.norm(P, axis=1, keepdims=True)).T
+    for p, s in zip(kept, S):
+        assert [c for c, _ in got[p]] == [["fox", "owl"][j] for j in np.argsort(-s)]
+        np.testing.assert_allclose(sorted(v for _, v in got[p])[::-1], np.sort(s)[::-1],
+                                   rtol=1e-5)
+    model.head.metric = "dot"
+    with pytest.raises(ValueError, match="refines rows scored by cosine"):
+        label_folder(model, tmp_path / "img", ["fox", "owl"], wv, transductive=True)

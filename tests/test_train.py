@@ -49,6 +49,13 @@ def test_zero_shot_is_learned_on_builtin_and_beats_chance_for_every_method(train
     # Calibration (gamma from held-out seen classes) lifts H above the uncalibrated one.
     assert r["gzsl"]["H_calibrated"] > r["gzsl"]["H"], r["gzsl"]
     assert r["gzsl"]["H_calibrated"] <= r["gzsl"]["best_H"] + 1e-9  # the oracle bounds it
+    # The gallery mode reads the unlabelled test images: its own row, named transductive.
+    from devise_utils.study.evaluate import methods_table
+
+    assert 0 <= r["zero_shot_refined"]["per_class_top1"] <= 1
+    names = methods_table(r)["method"].tolist()
+    assert "DeViSE (Stage II) (transductive: class rows refined on the unlabelled test " \
+           "images)" in names and sum("transductive" in n for n in names) >= 2
 
 
 @pytest.mark.slow

@@ -134,6 +134,15 @@ def test_kmeans_refine_moves_prototypes_to_their_clusters():
     np.testing.assert_allclose(P, [[0.1, 0.0], [10.1, 0.0], [100.0, 0.0]])  # 3rd wins none
 
 
+def test_kmeans_refine_by_cosine_averages_directions_not_lengths():
+    # two photos near the x axis (one 10x longer), two near the y axis; by cosine each row
+    # moves to the mean of its photos' unit vectors, whatever their lengths
+    X = np.array([[10.0, 1.0], [1.0, -0.1], [0.0, 2.0], [0.1, 1.0]])
+    P = T.kmeans_refine(X, np.array([[1.0, 1.0], [-1.0, 2.0]]), metric="cosine")
+    u = X / np.linalg.norm(X, axis=1, keepdims=True)
+    np.testing.assert_allclose(P, [u[:2].mean(0), u[2:].mean(0)])
+
+
 def test_linear_classifier_separates_two_blobs():
     rng = np.random.default_rng(1)
     X = np.vstack([rng.normal(-2, 0.5, (30, 2)), rng.normal(2, 0.5, (30, 2))])

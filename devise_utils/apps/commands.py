@@ -107,7 +107,9 @@ def label(args) -> int:
         vec = existing_file(args.vectors or model.vectors, "word-vector")
         wv = load_vectors(vec, words=classes, optional=words_needed(
             model.head, classes, args.class_synsets), hash_file=False)
+    if args.transductive:
+        _info("transductive: each class's row refined on these photos (k-means)")
     for path, ranked in label_folder(model, args.folder, classes, wv, args.k,
-                                     args.class_synsets).items():
+                                     args.class_synsets, args.transductive).items():
         print(path + "  " + "  ".join(f"{c} {s:.4f}" for c, s in ranked))
     return 0

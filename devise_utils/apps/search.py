@@ -32,6 +32,7 @@ from devise_utils.apps.vocab import VocabIndex, tag_images
 from devise_utils.core.files import existing_file, read_json
 from devise_utils.data.images import image_files
 from devise_utils.data.vectors import WordVectors, file_sha256, normalize
+from devise_utils.study.transfer import kmeans_refine, prototype_scores
 
 
 def text_to_image(index: EmbeddingIndex | FaissIndex, text: str, wv: WordVectors, k: int = 10
@@ -170,25 +171,38 @@ def tag_with_head(model: Embedder, paths: Sequence[str], vectors: str | Path, k:
 
 
 def label_folder(model: Embedder, folder: str | Path, classes: Sequence[str], wv: WordVectors,
-                 k: int | None = None, class_synsets: str | Path | None = None
-                 ) -> dict[str, list[tuple[str, float]]]:
+                 k: int | None = None, class_synsets: str | Path | None = None,
+                 transductive: bool = False) -> dict[str, list[tuple[str, float]]]:
     """Zero-shot labels for every image under ``folder``: path -> ranked (class, score),
-    by DeViSE's cosine, or by the model's zero-shot head (its method's rows of the names)."""
+    by DeViSE's cosine, or by the model's zero-shot head (its method's rows of the names).
+    ``transductive``: the gallery mode, each class's row first moved by k-means onto the
+    folder's own photos (it reads them all, so labels depend on the whole folder)."""
     head = model.head
+    if not classes:
+        raise ValueError("no class names given; pass e.g. --classes \"zebra,horse\"")
     if head is None:
         check_dim(model, wv.dim, f"vector file {wv.source}")
         emb, kept = embed_images(model, image_files(folder))
-        return dict(zip(kept, rank_labels(emb, classes, wv, k)))
-    from devise_utils.study.head import rows_for
+        if not transductive:
+            return dict(zip(kept, rank_labels(emb, classes, wv, k)))
+        G, R, metric = emb, wv.lookup(list(classes)), "cosine"
+    else:
+        from devise_utils.study.head import rows_for
 
-    if not classes:
-        raise ValueError("no class names given; pass e.g. --classes \"zebra,horse\"")
-    if head.semantic_dim not in (None, wv.dim):
-        raise ModelMismatchError(f"the {head.method} head of {model.path} needs "
-                                 f"{head.semantic_dim}-d word vectors but {wv.source} is "
-                                 f"{wv.dim}-d: use the vector file its run was trained on")
-    F, kept = model.embed_paths(image_files(folder), normalized=False)
-    S = head.scores(head.image_vectors(F), rows_for(head, classes, wv, class_synsets))
+        if head.semantic_dim not in (None, wv.dim):
+            raise ModelMismatchError(f"the {head.method} head of {model.path} needs "
+                                     f"{head.semantic_dim}-d word vectors but {wv.source} is "
+                                     f"{wv.dim}-d: use the vector file its run was trained on")
+        if transductive and head.metric != "cosine":
+            raise ValueError(f"--transductive refines rows scored by cosine; the {head.method} "
+                             f"head scores by {head.metric}: label without it, or with "
+                             "--method devise")
+        F, kept = model.embed_paths(image_files(folder), normalized=False)
+        G, R = head.image_vectors(F), rows_for(head, classes, wv, class_synsets)
+        metric = head.metric
+    if transductive:
+        R = kmeans_refine(G, R, metric="cosine")
+    S = prototype_scores(G, R, metric)
     top = np.argsort(-S, axis=1, kind="stable")[:, :k or len(classes)]
     return {p: [(classes[j], float(S[i, j])) for j in top[i]] for i, p in enumerate(kept)}
 

@@ -17,7 +17,7 @@ from devise_utils.study.results import (
     is_fraction,
     method_row,
     read_records,
-    transductive_row,
+    transductive_rows,
 )
 
 #: Column headers as the reader sees them (the records use the short names).
@@ -181,7 +181,7 @@ def _zero_shot_tables(rec: dict[str, Any]) -> list[Table]:
     if base:
         named = [(DEVISE_NAME, zs)] + [(BASELINES[k], zs[k]) for k in base]
         rows = [method_row(n, r) for n, r in named]
-        rows += [transductive_row(n, r) for n, r in named if r.get("zero_shot_transductive")]
+        rows += [row for n, r in named for row in transductive_rows(n, r)]
         out.append(Table("baselines", "Every method on the same images (zero-shot and "
                                       "generalized zero-shot)", rows,
                          note=_methods_note(zs), glance=True))

@@ -57,7 +57,7 @@ from devise_utils.study.preflight import preflight
 from devise_utils.study.results import check_record
 
 #: Bumped when metrics.json gains or changes a field, so an older cache is not reused.
-METRICS_FORMAT = 4
+METRICS_FORMAT = 5
 
 
 class Run:

@@ -266,6 +266,8 @@ def kmeans_refine(X: np.ndarray, prototypes: np.ndarray, n_iter: int = 10,
     started at the predicted prototypes, so cluster k keeps class k). A prototype that
     wins no image stays where it is. Transductive: it uses the unseen images."""
     X = np.asarray(X, dtype=np.float64)
+    if metric == "cosine":  # directions: a centre is the mean of unit vectors
+        X = _unit(X)
     P = np.array(prototypes, dtype=np.float64, copy=True)
     for _ in range(n_iter):
         lab = prototype_scores(X, P, metric).argmax(1)
