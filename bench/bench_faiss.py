@@ -11,8 +11,10 @@ PCA to 300-d), queried with held-out photos; ``synthetic``, N clustered vectors 
 chunks. The base, queries and exact top-10 are made once per ``--workdir`` and reused.
 
 Each build runs in its own process: wall and CPU time (all threads), peak resident memory
-(``VmHWM``, which counts the memory-mapped pages it touched) and the index folder's size on
-disk. Queries run in another process that opens the saved index memory-mapped, as
+(``VmHWM``, which counts the pages of memory-mapped files it touched, pages the kernel can
+drop at will), the peak of its anonymous memory (``RssAnon``, its own: what it needs free
+RAM for) and of its file-backed pages, both sampled (memwatch.py), and the index folder's
+size on disk. Queries run in another process that opens the saved index memory-mapped, as
 ``search`` does: recall@10 against exact search over the 1,000 held-out queries, and the
 latency of single queries on one thread (warm page cache: a batch pass runs first), per
 nprobe, at the nprobe the build tuned and across a sweep. ``--extrapolate N`` predicts a
@@ -40,6 +42,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 import faiss_sets  # noqa: E402
+from memwatch import MemWatch  # noqa: E402
 
 from devise_utils.apps import faiss_index as engine  # noqa: E402
 from devise_utils.apps.index import recall_at_k  # noqa: E402
@@ -78,17 +81,27 @@ def build_worker(args) -> dict:
 
     phases = []
 
-    def log(msg: str) -> None:  # resident memory and times as each phase ends
+    def log(msg: str) -> None:  # times, and peak memory of the phase that just ended
+        peaks = watch.phase()
         phases.append({"after": msg.strip()[:60], "wall_s": round(time.perf_counter() - t, 1),
                        "cpu_s": round(_cpu_s() - c, 1), "rss_mb": round(_rss_mb("VmRSS")),
-                       "peak_mb": round(_rss_mb())})
-        print(msg, file=sys.stderr, flush=True)
+                       "peak_mb": round(_rss_mb()), "phase_peak_anon_mb": peaks.get("RssAnon"),
+                       "phase_peak_file_mb": peaks.get("RssFile")})
+        print(f"{msg}  [anon peak {peaks.get('RssAnon', 0):.0f} MB, file-backed peak "
+              f"{peaks.get('RssFile', 0):.0f} MB]", file=sys.stderr, flush=True)
 
-    t, c = time.perf_counter(), _cpu_s()
-    index = engine.build_faiss_index(chunks(), out, {"kind": "bench", "set": info["set"]},
-                                     params=json.loads(args.params or "{}"), log=log)
-    return {"build_s": time.perf_counter() - t, "build_cpu_s": _cpu_s() - c, "phases": phases,
-            "peak_rss_mb": _rss_mb(), "disk_mb": _du_mb(out), "parts_s": index.info["build_s"],
+    with MemWatch() as watch:
+        t, c = time.perf_counter(), _cpu_s()
+        index = engine.build_faiss_index(chunks(), out, {"kind": "bench", "set": info["set"]},
+                                         params=json.loads(args.params or "{}"), log=log)
+        build_s, build_cpu_s = time.perf_counter() - t, _cpu_s() - c
+    peak = watch.peak
+    # peak_rss_mb is the kernel's VmHWM (exact; counts touched pages of mapped files);
+    # the anon / file-backed peaks are sampled every 50 ms.
+    return {"build_s": build_s, "build_cpu_s": build_cpu_s, "phases": phases,
+            "peak_rss_mb": _rss_mb(), "peak_anon_mb": peak.get("RssAnon"),
+            "peak_file_mb": peak.get("RssFile"), "peak_shmem_mb": peak.get("RssShmem"),
+            "disk_mb": _du_mb(out), "parts_s": index.info["build_s"],
             "params": index.params, "nprobe_tuned": index.nprobe,
             "tuning": index.info["tuning"], "files_mb": {
                 p.name: p.stat().st_size / 2**20 for p in out.iterdir() if p.is_file()}}
@@ -151,12 +164,13 @@ def pick(sweep: list[dict], target: float | None) -> dict | None:
 
 
 def table(results: list[dict]) -> str:
-    lines = ["| set | N x d | nlist, m x nbits | build wall (CPU) | build peak RSS | disk "
-             "| nprobe, rerank | recall@10 | 1-query ms wall (CPU) | query RSS after open |",
-             "|" + "---|" * 10]
+    lines = ["| set | N x d | nlist, m x nbits | build wall (CPU) | build peak RSS (anon) "
+             "| disk | nprobe, rerank | recall@10 | 1-query ms wall (CPU) "
+             "| query RSS after open |", "|" + "---|" * 10]
     for r in results:
         b, q = r["build"], r["query"]
         p = b["params"]
+        anon = f"{b['peak_anon_mb'] / 1024:.2f}" if b.get("peak_anon_mb") else "?"
         for label, target in (("tuned", None), ("0.90", 0.90), ("0.95", 0.95)):
             s = pick(q["sweep"], target)
             if s is None:
@@ -164,7 +178,7 @@ def table(results: list[dict]) -> str:
             lines.append(
                 f"| {r['set']} | {r['n'] / 1e6:g}M x {r['dim']} | {p['nlist']}, {p['m']}x"
                 f"{p['nbits']} | {b['build_s'] / 60:.1f} min ({b['build_cpu_s'] / 60:.1f}) "
-                f"| {b['peak_rss_mb'] / 1024:.2f} GB | {b['disk_mb'] / 1024:.2f} GB "
+                f"| {b['peak_rss_mb'] / 1024:.2f} GB ({anon}) | {b['disk_mb'] / 1024:.2f} GB "
                 f"| {s['nprobe']}, {s['rerank']} ({label}) | {s['recall@10']:.3f} "
                 f"| {s['single_ms']:.2f} ({s['single_cpu_ms']:.2f}) "
                 f"| {q['open_rss_mb']:.0f} MB |")
@@ -251,8 +265,10 @@ def main() -> None:
         tag = "".join(c for c in (args.params or "auto") if c.isalnum() or c in "_-")
         index = Path(args.workdir) / f"index-{data.name}-{tag}"
         build = run_worker("build", data, index, args)
-        print(f"{name}: built in {build['build_s'] / 60:.1f} min, peak "
-              f"{build['peak_rss_mb']:.0f} MB, {build['disk_mb']:.0f} MB on disk", flush=True)
+        print(f"{name}: built in {build['build_s'] / 60:.1f} min, peak RSS "
+              f"{build['peak_rss_mb']:.0f} MB (anonymous {build['peak_anon_mb'] or 0:.0f} MB, "
+              f"file-backed {build['peak_file_mb'] or 0:.0f} MB), {build['disk_mb']:.0f} MB "
+              "on disk", flush=True)
         query = run_worker("query", data, index, args)
         results.append({"set": info["set"], "n": info["n"], "dim": info["dim"], "data": info,
                         "build": build, "query": query})

