@@ -75,8 +75,8 @@ def tag(args) -> int:
     paths = [p for img in args.images for p in image_files(img)]
     model = open_labeller(args.model, args.zsl_method, log=_info)
     if model.head is not None:
-        _info(f"zero-shot method: {model.head.method} (every vocabulary word scored; "
-              "--zsl-method devise uses the vocabulary index)")
+        _info("every vocabulary word scored through the head (exact; --zsl-method devise "
+              "uses the vocabulary index)")
         vec = existing_file(args.vectors or model.vectors, "word-vector")
         for path, tags in tag_with_head(model, paths, vec, args.k, top_n=args.top_n):
             print(path)
@@ -103,7 +103,6 @@ def label(args) -> int:
     else:
         from devise_utils.study.head import words_needed
 
-        _info(f"zero-shot method: {model.head.method} (its feature model {model.path.name})")
         vec = existing_file(args.vectors or model.vectors, "word-vector")
         wv = load_vectors(vec, words=classes, optional=words_needed(
             model.head, classes, args.class_synsets), hash_file=False)

@@ -303,6 +303,10 @@ def command(args) -> int:
             print(f"{key:12s} {Path(info[key]).stat().st_size / 1e6:7.2f} MB  "
                   f"cosine to PyTorch min {info[cos_key]['min_cosine']:.4f} "
                   f"mean {info[cos_key]['mean_cosine']:.4f}  {info[key]}")
+    if info["head"]:
+        h = info["head"]
+        print(f"{h['method']}: feature model {', '.join(h['files'])} and head {h['file']} "
+              f"(label and tag on {info['backbone']}.onnx use them)")
     print("fp32 parity: min cosine "
           + ", ".join(f"{info[k]['min_cosine']:.5f} ({f})" for f, k in (
               ("onnx", "fp32"), ("executorch", "pte_fp32_parity"),

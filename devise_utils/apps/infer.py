@@ -183,6 +183,8 @@ def open_labeller(path: str | Path, method: str = "recommended", threads: int = 
                                      f"describes: {REEXPORT}")
     from devise_utils.study.head import ZeroShotHead
 
+    log(f"zero-shot method: {head['method']} ({info.get('method_reason', 'chosen at export')}; "
+        f"{model_file.name} + {head_file.name})")
     sess = onnx_session(model_file, threads)
     name = sess.get_inputs()[0].name
     return Embedder(path=model_file, image_size=info["image_size"], dim=int(head["dim"]),

@@ -278,8 +278,12 @@ class Run:
 
     def head(self, method: str = "recommended") -> ZeroShotHead:
         """The zero-shot head of ``method`` (default: the recommended one) that label, tag and
-        the export use: its image map and class rows (:mod:`devise_utils.study.head`)."""
-        return fit_head(self, self.recommended() if method == "recommended" else method)
+        the export use: its image map and class rows (:mod:`devise_utils.study.head`).
+        Cached as ``head-<method>-<eval key>.npz`` in the run folder."""
+        method = self.recommended() if method == "recommended" else method
+        path = self.cfg.run_dir / f"head-{method}-{self._eval_key(True, True)}.npz"
+        return cached(path, self.stage2.path, ZeroShotHead.load,
+                      lambda: fit_head(self, method), lambda h, p: h.save(p), self.log)
 
     def feature_model(self, features: str):
         """The torch model a head reads (``ZeroShotHead.features``), image -> raw features."""
