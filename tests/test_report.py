@@ -256,3 +256,19 @@ def test_a_comparison_row_at_chance_is_explained():
     note = next(t for t in tables.tables(res) if t.key == "stage1").note
     assert note.startswith("At chance (5.6 %): resnet34") and "not learn" in note
     assert next(t for t in tables.tables(fake_results()) if t.key == "stage1").note == ""
+
+
+def test_target_line_compares_the_chosen_method_with_plain_conse():
+    from devise_utils.report.tables import target_line
+
+    def res(all_, clean):
+        return {"zero_shot": {"per_class_top1": all_, "per_class_top1_clean": clean}}
+
+    zs = {"recommended": "prototypes", "prototypes": res(0.5, 0.30), "conse": res(0.4, 0.20),
+          **res(0.45, 0.25)}
+    assert target_line(zs) == ("On the clean unseen classes: 30.0 % against plain ConSE's "
+                               "20.0 % (+10.0 points; the target of +6 is met). ")
+    zs = {"recommended": "devise", "conse": res(0.40, None), **res(0.44, None)}
+    assert "all unseen classes: 44.0 % against plain ConSE's 40.0 % (+4.0 points; the " \
+           "target of +6 is not met)" in target_line(zs)
+    assert target_line({"recommended": "devise", **res(0.4, None)}) == ""
