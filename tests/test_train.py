@@ -232,3 +232,7 @@ def test_export_and_label_use_the_recommended_method_without_torch(trained, tmp_
     assert main(["label", str(folder), "--model", str(onnx), "--classes", "zebra,horse",
                  "--method", "gcn_backbone" if rec != "gcn_backbone" else "eszsl"]) == 2
     assert "re-export with" in capsys.readouterr().err
+    feature_model = next(iter(info["head"]["files"]))       # passed where the model belongs
+    assert main(["index", str(folder), "--model", str(out / feature_model), "--out",
+                 str(tmp_path / "index")]) == 2
+    assert f"pass --model {onnx}" in capsys.readouterr().err

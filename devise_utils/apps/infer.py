@@ -112,6 +112,13 @@ def read_sidecar(path: str | Path) -> dict:
     info = read_json(side)
     files = info.get("files") or {Path(v).name: {} for k, v in info.items()
                                   if k in ("onnx_fp32", "onnx_int8")}
+    head = info.get("head") or {}
+    if path.name in (head.get("files") or {}):
+        main = next(iter(files), "the Stage II model")
+        raise ModelMismatchError(f"{path.name} is the {head['method']} method's feature model: "
+                                 f"pass --model {path.parent / main} (label and tag use "
+                                 f"{path.name} through {head['file']}; index and search need "
+                                 "the Stage II model)")
     if path.name not in files:
         raise ModelMismatchError(f"{side} describes {', '.join(sorted(files)) or 'no model'}, "
                                  f"not {path.name}: keep each model beside its own {SIDECAR}")
