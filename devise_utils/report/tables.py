@@ -227,7 +227,9 @@ def _methods_note(zs: dict[str, Any]) -> str:
     return ((f"Recommended (best held-out seen score): {METHODS.get(rec, rec)}. " if rec else "")
             + target_line(zs)
             + "Same images and classes for every method; every number is inductive except "
-              "rows marked transductive. Held-out seen: zero-shot on seen classes held out in "
+              "rows marked transductive (CSLS over the unlabelled test images; k-means rows: "
+              "each unseen class's row moved by k-means onto them, label --transductive). "
+              "Held-out seen: zero-shot on seen classes held out in "
               "the calibration round (the score that chooses). Clean unseen: the unseen "
               "classes the backbone never saw. H (uncalibrated) is the poster's setting; H "
               "calibrated subtracts γ from seen-class scores, γ chosen in that round (no "

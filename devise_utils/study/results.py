@@ -54,7 +54,7 @@ def method_row(method: str, res: dict[str, Any]) -> dict[str, Any]:
 
 #: A method's transductive rescorings (each reads the unlabelled unseen test images), by key.
 TRANSDUCTIVE = {"zero_shot_transductive": "CSLS",
-                "zero_shot_refined": "class rows refined on the unlabelled test images"}
+                "zero_shot_refined": "k-means rows"}
 
 
 def transductive_rows(method: str, res: dict[str, Any]) -> list[dict[str, Any]]:
