@@ -258,7 +258,7 @@ def export_checkpoint(ckpt: str | Path, out_dir: str | Path, *, int8: bool = Fal
     report = export_all(model, out_dir, size, samples, name=meta["backbone"], int8=int8,
                         formats=formats)
     _check_parity(report, ckpt)
-    head = None
+    head_info = None
     if method != "devise":
         head = run.head(method)
         feats = run.feature_model(head.features)
@@ -267,11 +267,12 @@ def export_checkpoint(ckpt: str | Path, out_dir: str | Path, *, int8: bool = Fal
                                  formats=formats)
         _check_parity(head_report, ckpt)
         head_file = head.save(Path(out_dir) / HEAD_FILE)
-        head = {"method": method, "file": HEAD_FILE, "sha256": file_sha256(head_file),
-                "features": head.features, "metric": head.metric, "rows_from": head.rows_from,
-                "semantics": head.semantics, "files": exported_files(head_report),
-                "dim": int(np.asarray(torch_embed(feats, as_batch(samples[:1], size))).shape[1]),
-                "chosen": head.info.get("chosen")}
+        dim = np.asarray(torch_embed(feats, as_batch(samples[:1], size))).shape[1]
+        head_info = {"method": method, "file": HEAD_FILE, "sha256": file_sha256(head_file),
+                     "features": head.features, "metric": head.metric,
+                     "rows_from": head.rows_from, "semantics": head.semantics,
+                     "files": exported_files(head_report), "dim": int(dim),
+                     "chosen": head.info.get("chosen")}
     log(f"zero-shot method for label: {method} ({why})")
     info = {"checkpoint": str(Path(ckpt).resolve()), "checkpoint_sha256": file_sha256(ckpt),
             "backbone": meta["backbone"], "dim": meta["dim"],
@@ -282,7 +283,7 @@ def export_checkpoint(ckpt: str | Path, out_dir: str | Path, *, int8: bool = Fal
             "output": {"name": OUTPUT, "note": "raw embedding; L2-normalise before cosine"},
             "vectors": meta.get("vectors"), "vectors_sha256": meta.get("vectors_sha256"),
             "image_size": size, "files": exported_files(report), "n_samples": len(samples),
-            "method": method, "method_reason": why, "head": head, **report}
+            "method": method, "method_reason": why, "head": head_info, **report}
     write_json(Path(out_dir) / "export.json", info)
     return info
 

@@ -247,7 +247,6 @@ def resolve_method(meta: dict[str, Any], method: str) -> tuple[Any, str, str]:
         return None, "devise", f"no held-out choice available: {str(e).splitlines()[0]}"
 
 
-
 # --- Stage II checkpoints (PyTorch) ------------------------------------------------------------
 
 def torch_model(path: str | Path) -> Embedder:

@@ -135,6 +135,15 @@ def tag_folder(model: Embedder, paths: Sequence[str], vocab: VocabIndex, k: int 
     return list(zip(kept, tag_images(emb, vocab, k, exact=exact)))
 
 
+def _check_head_vectors(model: Embedder, dim: int, source: Any) -> None:
+    """Refuse word vectors of another dimension than the model's head was fitted on."""
+    head = model.head
+    if head.semantic_dim not in (None, dim):
+        raise ModelMismatchError(f"the {head.method} head of {model.path} needs "
+                                 f"{head.semantic_dim}-d word vectors but {source} is "
+                                 f"{dim}-d: use the vector file its run was trained on")
+
+
 def tag_with_head(model: Embedder, paths: Sequence[str], vectors: str | Path, k: int = 10, *,
                   top_n: int | None = None, chunk: int = 20000
                   ) -> list[tuple[str, list[tuple[str, float]]]]:
@@ -148,12 +157,8 @@ def tag_with_head(model: Embedder, paths: Sequence[str], vectors: str | Path, k:
     if head.rows_from == "fixed":
         raise ValueError(f"the {head.method} head has rows for its run's classes only, not a "
                          "vocabulary: tag with --zsl-method devise (or export another method)")
-    wv = load_vectors(vectors, top_n=top_n, hash_file=False) if top_n else load_vectors(
-        vectors, hash_file=False)
-    if head.semantic_dim not in (None, wv.dim):
-        raise ModelMismatchError(f"the {head.method} head of {model.path} needs "
-                                 f"{head.semantic_dim}-d word vectors but {vectors} is "
-                                 f"{wv.dim}-d: use the vector file its run was trained on")
+    wv = load_vectors(vectors, top_n=top_n, hash_file=False)
+    _check_head_vectors(model, wv.dim, vectors)
     words, V = vocabulary(wv)
     V = normalize(V)  # a word's semantics, as a class name's (unit vector)
     F, kept = model.embed_paths(list(paths), normalized=False)
@@ -189,10 +194,7 @@ def label_folder(model: Embedder, folder: str | Path, classes: Sequence[str], wv
     else:
         from devise_utils.study.head import rows_for
 
-        if head.semantic_dim not in (None, wv.dim):
-            raise ModelMismatchError(f"the {head.method} head of {model.path} needs "
-                                     f"{head.semantic_dim}-d word vectors but {wv.source} is "
-                                     f"{wv.dim}-d: use the vector file its run was trained on")
+        _check_head_vectors(model, wv.dim, wv.source)
         if transductive and head.metric != "cosine":
             raise ValueError(f"--transductive refines rows scored by cosine; the {head.method} "
                              f"head scores by {head.metric}: label without it, or with "

@@ -243,17 +243,15 @@ def fit_head(run: Any, method: str) -> ZeroShotHead:
     if base not in ("prototypes", "eszsl", "gcn"):
         raise ValueError(f"unknown method {method!r}")
     if backbone:
-        raw = run.features.of("train").X.astype(np.float64)
-        m1, s1 = T.standardizer(raw)
+        m1, s1 = T.standardizer(run.features.of("train").X)  # as backbone_space standardises
         feats, W = backbone_space(run.features, seen)
         kind = "backbone"
     else:
-        feats, W = run.penultimate, None
+        from devise_utils.model.backbones import last_layer  # torch: only to fit, not to use
+
+        feats, W = run.penultimate, last_layer(run.stage1.model())[1]
         m1, s1 = np.zeros(feats.X.shape[1]), np.ones(feats.X.shape[1])
         kind = "stage1_penultimate"
-    if W is None:
-        from devise_utils.model.backbones import last_layer  # torch: only to fit, not to use
-        W = last_layer(run.stage1.model())[1]
     space = run.class_space
     S = space["S"]
     common["semantics"] = cfg.semantics

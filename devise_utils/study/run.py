@@ -170,9 +170,7 @@ class Run:
         s1, cfg = self.stage1, self.cfg
 
         def compute() -> Embedded:
-            model = (build_model(cfg.backbone, 1, cfg.weights, image_size=cfg.image_size)
-                     if cfg.pretrained else s1.model())
-            return backbone_features(self.data, model, self.device)
+            return backbone_features(self.data, self._backbone_model(), self.device)
 
         return _cached(cfg.stage_dir(1) / "features.npz", s1.path, compute)
 
@@ -294,11 +292,15 @@ class Run:
         if features == "stage1_penultimate":
             return last_layer(self.stage1.model())[0]
         if features == "backbone":  # as :attr:`features` reads it
-            cfg = self.cfg
-            return backbone_body(build_model(cfg.backbone, 1, cfg.weights,
-                                             image_size=cfg.image_size)
-                                 if cfg.pretrained else self.stage1.model())
+            return backbone_body(self._backbone_model())
         raise ValueError(f"unknown feature model {features!r}")
+
+    def _backbone_model(self):
+        """The model whose body gives :attr:`features`: the frozen pretrained backbone when
+        there are weights, else Stage I (the only trained body)."""
+        cfg = self.cfg
+        return (build_model(cfg.backbone, 1, cfg.weights, image_size=cfg.image_size)
+                if cfg.pretrained else self.stage1.model())
 
     def _eval_key(self, baselines: bool, calibrate: bool) -> str:
         c = self.cfg

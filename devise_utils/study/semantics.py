@@ -151,7 +151,7 @@ def semantic_words(synset: Any | None, parts: Sequence[str]) -> dict[str, list[s
             words = re.findall(r"[a-z]+", synset.definition().lower())
             out[p] = [w for w in words if len(w) >= 3 and w not in stop]
         elif p == "hypernyms":
-            out[p] = _lemmas(_by_name(synset.hypernyms() + synset.instance_hypernyms()))
+            out[p] = _lemmas(_parents(synset))
         else:  # hyponyms
             out[p] = _lemmas(_by_name(synset.hyponyms() + synset.instance_hyponyms()))
     return out
