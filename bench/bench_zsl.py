@@ -26,7 +26,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
-SHARED = Path(os.environ.get("DEVISE_SHARED", HERE.parent.parent / "shared"))
+from bench.real_sets import DATASETS, SHARED, WEIGHTS, pct  # noqa: E402
+
 os.environ.setdefault("NLTK_DATA", str(SHARED / "nltk_data"))
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
@@ -34,24 +35,11 @@ from devise_utils.core.config import make_config  # noqa: E402
 from devise_utils.study.results import METHODS  # noqa: E402
 from devise_utils.study.run import Run  # noqa: E402
 
-#: name: (folder, vectors, class -> WordNet id file). The id files fix the classes whose first
-#: noun sense is not what the photos show (bass the fish, nail the fastener), chosen from
-#: the class's meaning, never from images.
-DATASETS = {
-    "caltech-zsl-dev": ("data/caltech-zsl-dev", "vectors/caltech-zsl-dev.glove50.vec",
-                        HERE / "class_synsets" / "caltech-zsl-dev.txt"),
-    "tiny-objects-50": ("data/tiny-objects-50", "vectors/glove-6b-50d.top20k.vec",
-                        HERE / "class_synsets" / "tiny-objects-50.txt"),
-    "awa2-real-mini": ("data/awa2-real-mini",
-                       "vectors/fasttext-wiki-news-subwords-300.awa2-classes.vec",
-                       HERE / "class_synsets" / "awa2-real-mini.txt"),
-}
 SEMANTICS = ("name", "name+synonyms", "name+gloss", "name+hypernyms",
              "name+synonyms+gloss+hypernyms")
 #: Methods that use the class semantics; the others always use the class names.
 SEMANTIC_METHODS = ("prototypes", "gcn", "eszsl", "prototypes_backbone", "gcn_backbone",
                     "eszsl_backbone")
-WEIGHTS = "weights/squeezenet1_1-imagenet-onnxzoo.pth"
 
 
 def rows_for(dataset: str, runs: Path, data: Path) -> list[dict]:
@@ -82,10 +70,6 @@ def rows_for(dataset: str, runs: Path, data: Path) -> list[dict]:
                 "unseen": len(r["unseen_overlap"])})
         print(f"{dataset} / {semantics}: done ({time.perf_counter() - t0:.0f} s)", flush=True)
     return out
-
-
-def pct(v) -> str:
-    return "–" if v is None else f"{100 * v:.1f}"
 
 
 def markdown(rows: list[dict]) -> str:

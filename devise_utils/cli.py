@@ -144,9 +144,14 @@ def _tag_and_label(sub) -> None:
     p.set_defaults(func="devise_utils.apps.commands:tag")
 
     p = sub.add_parser("label", help="zero-shot labels for a folder of new images")
-    p.add_argument("folder", help="image folder (or one image)")
-    p.add_argument("--model", required=True, help=MODEL_HELP)
-    p.add_argument("--classes", required=True, help='comma-separated names, e.g. "zebra,horse"')
+    p.add_argument("folder", help="image folder (or one image; subfolders, links followed)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--model", help=MODEL_HELP)
+    src.add_argument("--weights", help="no run at all: pretrained ImageNet weights (a "
+                     "SqueezeNet 1.1 state dict, or 'imagenet'); labels by the network's own "
+                     "1,000 classes and WordNet (ConSE over the 1K basis)")
+    p.add_argument("--classes", required=True, help='comma-separated names, e.g. '
+                   '"zebra,horse"; with --weights, WordNet nouns or wnids (n02084071)')
     p.add_argument("--vectors", help="word vectors (default: the model's)")
     p.add_argument("-k", type=int, default=3, help="labels shown per image")
     p.add_argument("--method", choices=ZSL_CHOICES, default="recommended",
@@ -157,6 +162,9 @@ def _tag_and_label(sub) -> None:
     p.add_argument("--transductive", action="store_true", help="gallery mode: move each "
                    "class's row onto this folder's photos (k-means) before labelling; labels "
                    "then depend on the whole folder")
+    p.add_argument("--csv", metavar="OUT", help="also write the labels to this CSV file "
+                   "(its folder must exist): header path,label,score then, for -k > 1, "
+                   "label_2,score_2,...,label_k,score_k; one row per image, best label first")
     p.set_defaults(func="devise_utils.apps.commands:label")
 
 
@@ -238,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (FileNotFoundError, ValueError, KeyError, RuntimeError) as e:
+    except (FileNotFoundError, ValueError, LookupError, RuntimeError) as e:
         # Bad input: one clear line naming the file and the fix, not a traceback.
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -30,3 +30,41 @@ def test_rows_and_labels_must_agree_in_number():
     e = sample()
     with pytest.raises(ValueError, match="4 vectors but 3 paths"):
         Embedded(e.X, e.path[:3], e.cls, e.split)
+
+
+def test_stored_outputs_reads_each_photo_once_and_keeps_rows_in_table_order(tmp_path):
+    """The frozen network's outputs are shared by every run on the same photos: a second,
+    larger table computes only its new photos, and each row belongs to its own photo."""
+    import pandas as pd
+    import torch
+    from PIL import Image
+    from torch import nn
+
+    from devise_utils.study.evaluate import stored_outputs
+
+    paths = []
+    for i, colour in enumerate([(255, 0, 0), (0, 255, 0), (0, 0, 255)]):
+        p = tmp_path / f"{i}.png"
+        Image.new("RGB", (20, 20), colour).save(p)
+        paths.append(str(p))
+    built = []
+
+    def model_fn():
+        built.append(1)
+        conv = nn.Conv2d(3, 3, 1)  # the identity: each photo's mean colour comes out
+        nn.init.zeros_(conv.bias)
+        with torch.no_grad():
+            conv.weight.copy_(torch.eye(3).view(3, 3, 1, 1))
+        return nn.Sequential(conv, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+
+    store = tmp_path / "store.npz"
+    t1 = pd.DataFrame({"path": paths[:2], "cls": ["r", "g"], "split": ["train", "unseen"]})
+    a = stored_outputs(t1, store, model_fn, 2, image_size=16)
+    assert len(built) == 1 and a.X.shape == (2, 3) and a.X[0].argmax() == 0
+    t2 = pd.DataFrame({"path": paths[::-1], "cls": ["b", "g", "r"],
+                       "split": ["valid", "unseen", "train"]})
+    b = stored_outputs(t2, store, model_fn, 2, image_size=16)
+    assert len(built) == 2                      # only the blue photo was new
+    assert [x.argmax() for x in b.X] == [2, 1, 0] and list(b.cls) == ["b", "g", "r"]
+    stored_outputs(t2, store, model_fn, 2, image_size=16)
+    assert len(built) == 2                      # nothing new: the model is not even built

@@ -42,3 +42,25 @@ def test_hyponyms_synonyms_and_names_unknown_to_wordnet(wn):
     assert I.imagenet_overlap(["wild+cat"], syn, wn)[0]["imagenet"]
     with pytest.raises(ValueError, match="entries for 2 names"):
         I.imagenet_overlap(["dog", "cat"], syn, wn)
+
+
+def test_nearest_imagenet_class_and_how_it_is_related(wn):
+    anchor, hawksbill, tractor = I.imagenet_overlap(["anchor", "hawksbill", "tractor"], wn=wn)
+    assert not anchor["imagenet"]              # hook is its parent, not it: no overlap
+    assert anchor["nearest_1k"] == "n03532672 hook" and anchor["relation"].startswith("hypernym")
+    assert hawksbill["nearest_1k"].endswith("loggerhead")
+    assert hawksbill["relation"] == "sibling (same parent)"
+    assert (tractor["relation"], tractor["wup"]) == ("the same synset", 1.0)
+    assert "nearest_1k" not in I.imagenet_overlap(["wild+cat"], wn=wn)[0]  # not in WordNet
+
+
+def test_matching_1k_is_what_the_basis_drops(wn):
+    from devise_utils.study.semantics import class_synsets
+
+    (dog,) = class_synsets(["dog"], None, wn)
+    got = I.matching_1k("dog", dog)
+    assert len(got) == 118 and set(got.values()) == {"hyponym"}
+    (orange,) = class_synsets(["orange"], None, wn)
+    assert I.matching_1k("orange", orange) == {950: "synset"}
+    assert I.matching_1k("tractor", None) == {866: "name"}   # name alone without WordNet
+    assert I.matching_1k("menorah", None) == {}

@@ -96,3 +96,21 @@ def test_the_sweep_is_every_outcome_of_calibrated_stacking():
     assert M.gzsl_accuracy(s, y, u, best["best_calibration"])["H"] == pytest.approx(best["best_H"])
     chosen = M.choose_gamma(s, y, u)                    # picked on these very images
     assert chosen["H"] == pytest.approx(best["best_H"])
+
+
+def test_calibrated_gzsl_takes_gamma_from_the_round_and_applies_it_to_the_test():
+    """By hand: the round says seen scores run 0.5 too high; the test images are scored
+    with that gamma, and their labels never move it."""
+    u = np.array([False, False, True])
+    # round: 2 seen images and 2 pseudo-unseen ones whose unseen score trails by 0.4
+    val_s = np.array([[1.0, 0.0, 0.2], [0.0, 1.0, 0.2], [0.9, 0.0, 0.5], [0.0, 0.9, 0.5]])
+    val_y = np.array([0, 1, 2, 2])
+    test_s = np.array([[1.0, 0.0, 0.3], [0.9, 0.0, 0.6], [0.0, 0.8, 0.6]])
+    got = M.calibrated_gzsl(val_s, val_y, u, test_s, np.array([0, 2, 2]), u)
+    g = got["gamma"]
+    assert got["val"]["H"] == 1.0 and 0.4 < g < 0.8        # every round image right
+    assert (got["seen"], got["unseen"], got["H"]) == (1.0, 1.0, 1.0)
+    # other test labels: the same gamma, other scores
+    other = M.calibrated_gzsl(val_s, val_y, u, test_s, np.array([2, 0, 1]), u)
+    assert other["gamma"] == g and other["H"] == 0.0
+    assert M.gzsl_accuracy(test_s, np.array([0, 2, 2]), u)["unseen"] == 0.0  # uncalibrated

@@ -267,8 +267,30 @@ def test_target_line_compares_the_chosen_method_with_plain_conse():
     zs = {"recommended": "prototypes", "prototypes": res(0.5, 0.30), "conse": res(0.4, 0.20),
           **res(0.45, 0.25)}
     assert target_line(zs) == ("On the clean unseen classes: 30.0 % against plain ConSE's "
-                               "20.0 % (+10.0 points; the target of +6 is met). ")
+                               "20.0 % (+10.0 points; the target of +18 is not met). ")
+    zs["conse_1k"] = res(0.6, 0.45)
+    zs["recommended"] = "conse_1k"
+    assert "45.0 % against plain ConSE's 20.0 % (+25.0 points; the target of +18 is met)" \
+        in target_line(zs)
     zs = {"recommended": "devise", "conse": res(0.40, None), **res(0.44, None)}
     assert "all unseen classes: 44.0 % against plain ConSE's 40.0 % (+4.0 points; the " \
-           "target of +6 is not met)" in target_line(zs)
+           "target of +10 is not met)" in target_line(zs)
+    zs = {"recommended": "devise", "conse": res(0.30, None), **res(0.41, None)}
+    assert "(+11.0 points; the target of +10 is met)" in target_line(zs)
     assert target_line({"recommended": "devise", **res(0.4, None)}) == ""
+
+
+def test_the_1k_basis_table_names_what_left_the_basis():
+    res = fake_results()
+    zs = res["06_zero_shot"]
+    zs["conse_1k"] = {**zs["conse"], "chosen": {
+        "kernel": "wordnet+words", "T": 50, "held_out_rounds_mean": 0.54,
+        "held_out_rounds_std": 0.08, "n_rounds": 8, "image_size": 224, "excluded_1k": [
+            {"wnid": "n04465501", "index": 866, "category": "tractor",
+             "why": "tractor: synset"}]}}
+    t = next(t for t in tables.tables(res) if t.key == "basis_1k")
+    (row,) = t.rows
+    assert row["1K classes taken out"] == 1 and "n04465501 tractor" in row["taken out"]
+    assert row["held-out seen (sd over rounds)"] == 0.08 and row["rounds"] == 8
+    base = next(t for t in tables.tables(res) if t.key == "baselines")
+    assert any(r["method"].startswith("ConSE over the backbone's 1,000") for r in base.rows)

@@ -152,3 +152,25 @@ def test_gloss_moves_caltech_bass_towards_fish(wn):
     rich = S.class_semantics(["bass"], wv, ("name", "gloss", "hypernyms"), fish)[0]
     f, g = wv.lookup(["fish"])[0], wv.lookup(["guitar"])[0]
     assert rich @ f > name @ f + 0.2 and rich @ f > rich @ g
+
+
+def test_a_first_sense_that_is_no_thing_is_warned_about(wn):
+    import warnings
+
+    with pytest.warns(UserWarning, match=r"class 'mole'.*gram_molecule.*class_synsets.txt"):
+        S.class_synsets(["mole"], None, wn)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        S.class_synsets(["tractor", "mole"], {"mole": "n01889520"}, wn)  # fixed: no warning
+        assert S.class_synsets(["n01889520"], None, wn)[0].name() == "mole.n.06"  # a wnid
+
+
+def test_the_shipped_awa2_synsets_are_animals(wn):
+    from devise_utils.study.preflight import AWA2_SYNSETS, awa2_classes
+
+    ids = S.read_class_synsets(AWA2_SYNSETS, wn)
+    assert len(ids) == 50 == len(awa2_classes())
+    animal = wn.synset("animal.n.01")
+    for cls, wid in ids.items():
+        assert animal in S.synset_of(wid, wn).closure(lambda s: s.hypernyms()), cls
+    assert S.synset_of(ids["seal"], wn).name() == "seal.n.09"

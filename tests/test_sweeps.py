@@ -20,8 +20,11 @@ def test_recipe_ablations_from_scratch_and_pretrained():
                              "Stage II body trained"]  # the recipe freezes it: poster's row
     assert pre["Stage I label smoothing 0.1"] == {"label_smoothing": 0.1}
     assert pre["Stage I mixup 0.4"] == {"mixup": 0.4}
-    size = PRETRAINED_RECIPE["image_size"] * 7 // 4 // 8 * 8
-    assert pre[f"input {size} px (upsampled)"] == {"image_size": size}
+    small = sweeps.recipe_ablations(make_config({"weights": WEIGHTS, "image_size": 64}))
+    assert small["input 112 px (upsampled)"] == {"image_size": 112}   # tiny photos
+    big = sweeps.recipe_ablations(make_config({"weights": WEIGHTS, "image_size": 176}))
+    assert not any("upsampled" in k for k in big)  # 304 px would test the budget, not photos
+    assert len(big) == len(small) - 1
 
 
 def test_frozen_sweep_rows(monkeypatch):

@@ -6,10 +6,12 @@ suffix chooses onnxruntime or PyTorch (:func:`devise_utils.apps.infer.open_model
 
 from __future__ import annotations
 
+import csv
 import sys
+from pathlib import Path
 
 from devise_utils.apps import vocab
-from devise_utils.apps.infer import check_index, open_labeller, open_model
+from devise_utils.apps.infer import basis_labeller, check_index, open_labeller, open_model
 from devise_utils.apps.search import (
     build_image_index,
     image_to_image,
@@ -21,7 +23,7 @@ from devise_utils.apps.search import (
     text_to_image,
 )
 from devise_utils.apps.text import query_vectors
-from devise_utils.core.files import existing_file
+from devise_utils.core.files import atomic_write, existing_file
 from devise_utils.data.images import image_files
 from devise_utils.data.vectors import load_vectors
 
@@ -74,6 +76,12 @@ def search(args) -> int:
 def tag(args) -> int:
     paths = [p for img in args.images for p in image_files(img)]
     model = open_labeller(args.model, args.zsl_method, log=_info)
+    if (model.head is not None and model.head.rows_from in ("basis", "fixed")
+            and args.zsl_method == "recommended"):
+        why = ("rates classes by their WordNet synsets, which vocabulary words are not given"
+               if model.head.rows_from == "basis" else "has rows for its run's classes only")
+        _info(f"the recommended {model.head.method} {why}: tagging with devise")
+        model = open_labeller(args.model, "devise", log=_info)
     if model.head is not None:
         _info("every vocabulary word scored through the head (exact; --zsl-method devise "
               "uses the vocabulary index)")
@@ -97,18 +105,65 @@ def _info(msg: str) -> None:
 
 def label(args) -> int:
     classes = [c.strip() for c in args.classes.split(",") if c.strip()]
-    model = open_labeller(args.model, args.method, log=_info)
-    if model.head is None:
+    if args.csv:
+        _check_csv_out(args.csv)  # before the model loads: a typo should not cost that wait
+    if args.weights:
+        model = basis_labeller(args.weights, log=_info)
+        _info(f"zero-shot method: conse_1k (the network's 1,000 ImageNet classes, kernel "
+              f"{model.head.kernel}, T={model.head.conse_top}; no run)")
+    else:
+        model = open_labeller(args.model, args.method, log=_info)
+    head = model.head
+    if head is None:
         wv = load_vectors(model_vectors(model, args.vectors), words=classes)
+    elif head.rows_from == "basis" and "words" not in head.kernel.split("+"):
+        wv = None  # WordNet alone rates the classes
     else:
         from devise_utils.study.head import words_needed
 
         vec = existing_file(args.vectors or model.vectors, "word-vector")
-        wv = load_vectors(vec, words=classes, optional=words_needed(
-            model.head, classes, args.class_synsets), hash_file=False)
+        basis = head.rows_from == "basis"  # a wnid name has no vector; its lemmas may
+        wv = load_vectors(vec, words=[] if basis else classes, optional=words_needed(
+            head, classes, args.class_synsets), hash_file=False)
     if args.transductive:
         _info("transductive: each class's row refined on these photos (k-means)")
-    for path, ranked in label_folder(model, args.folder, classes, wv, args.k,
-                                     args.class_synsets, args.transductive).items():
+    labels = label_folder(model, args.folder, classes, wv, args.k, args.class_synsets,
+                          args.transductive)
+    for path, ranked in labels.items():
         print(path + "  " + "  ".join(f"{c} {s:.4f}" for c, s in ranked))
+    if args.csv:
+        _info(f"wrote {write_labels_csv(args.csv, labels)}")
     return 0
+
+
+def _check_csv_out(out: str | Path) -> None:
+    """Fail on an unwritable ``--csv`` target now, not after every image is labelled."""
+    out = Path(out)
+    if out.is_dir():
+        raise FileNotFoundError(f"--csv {out} is a folder; give a file path, e.g. {out}/labels.csv")
+    if not out.parent.is_dir():
+        raise FileNotFoundError(f"--csv {out}: folder {out.parent} does not exist; create it "
+                                "or write the CSV elsewhere")
+
+
+def write_labels_csv(path: str | Path, ranked: dict[str, list[tuple[str, float]]]) -> Path:
+    """Write ``path,label,score[,label_2,score_2,...]``, one row per image, best label first.
+
+    A spreadsheet or script reads this more safely than the printed lines (paths may hold
+    spaces or commas); written atomically so an interrupted run leaves no half a table. There
+    are as many label columns as the longest ranking (``-k``, or fewer classes); a shorter
+    ranking leaves its last cells empty.
+    """
+    k = max((len(r) for r in ranked.values()), default=1) or 1
+    header = ["path", "label", "score"]
+    header += [f"{name}_{i}" for i in range(2, k + 1) for name in ("label", "score")]
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            out = csv.writer(f)
+            out.writerow(header)
+            for image, labels in ranked.items():
+                cells = [cell for c, s in labels for cell in (c, repr(float(s)))]
+                out.writerow([image, *cells, *[""] * (2 * k - len(cells))])
+
+    return atomic_write(path, write)

@@ -262,13 +262,15 @@ def export_checkpoint(ckpt: str | Path, out_dir: str | Path, *, int8: bool = Fal
     if method != "devise":
         head = run.head(method)
         feats = run.feature_model(head.features)
-        head_report = export_all(feats, out_dir, size, samples,
+        hsize = head.image_size or size  # the 1K basis reads photos at its own 224 px
+        head_report = export_all(feats, out_dir, hsize, samples,
                                  name=f"{meta['backbone']}-{method}", int8=int8,
                                  formats=formats)
         _check_parity(head_report, ckpt)
         head_file = head.save(Path(out_dir) / HEAD_FILE)
-        dim = np.asarray(torch_embed(feats, as_batch(samples[:1], size))).shape[1]
+        dim = np.asarray(torch_embed(feats, as_batch(samples[:1], hsize))).shape[1]
         head_info = {"method": method, "file": HEAD_FILE, "sha256": file_sha256(head_file),
+                     "image_size": hsize,
                      "features": head.features, "metric": head.metric,
                      "rows_from": head.rows_from, "semantics": head.semantics,
                      "files": exported_files(head_report), "dim": int(dim),

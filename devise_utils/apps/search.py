@@ -154,9 +154,11 @@ def tag_with_head(model: Embedder, paths: Sequence[str], vectors: str | Path, k:
     from devise_utils.data.vectors import load_vectors
 
     head = model.head
-    if head.rows_from == "fixed":
-        raise ValueError(f"the {head.method} head has rows for its run's classes only, not a "
-                         "vocabulary: tag with --zsl-method devise (or export another method)")
+    if head.rows_from in ("fixed", "basis"):
+        why = ("rows for its run's classes only" if head.rows_from == "fixed" else
+               "rows from WordNet synsets, which vocabulary words are not given")
+        raise ValueError(f"the {head.method} head has {why}, not a vocabulary: tag with "
+                         "--zsl-method devise (or export another method)")
     wv = load_vectors(vectors, top_n=top_n, hash_file=False)
     _check_head_vectors(model, wv.dim, vectors)
     words, V = vocabulary(wv)
@@ -194,7 +196,8 @@ def label_folder(model: Embedder, folder: str | Path, classes: Sequence[str], wv
     else:
         from devise_utils.study.head import rows_for
 
-        _check_head_vectors(model, wv.dim, wv.source)
+        if wv is not None:  # a WordNet-only basis head reads no word vectors
+            _check_head_vectors(model, wv.dim, wv.source)
         if transductive and head.metric != "cosine":
             raise ValueError(f"--transductive refines rows scored by cosine; the {head.method} "
                              f"head scores by {head.metric}: label without it, or with "

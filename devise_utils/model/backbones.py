@@ -281,6 +281,17 @@ class _EffNetBody(nn.Module):
         return self.net.extract_features(x)
 
 
+def imagenet_classifier(backbone: str, weights: str) -> nn.Module:
+    """The whole pretrained network, ImageNet-1K logits out (its classifier included): the
+    1,000-class basis that ConSE over the backbone's own classes reads (``study.basis1k``)."""
+    if weights == "none":
+        raise ValueError("the 1K basis needs pretrained ImageNet weights (--weights FILE or "
+                         "imagenet), not weights='none'")
+    net = (_efficientnet_lite0(weights) if backbone == "efficientnet_lite0"
+           else _torchvision(backbone, weights))
+    return net.eval()
+
+
 def create_body(backbone: str, weights: str = "none") -> tuple[nn.Module, int, list[nn.Module]]:
     """Convolutional body, its output channels, and its layer groups (for freezing)."""
     if backbone == "squeezenet1_1":

@@ -14,6 +14,7 @@ from devise_utils.study.results import (
     BASELINES,
     DEVISE_NAME,
     METHODS,
+    basis_summary,
     is_fraction,
     method_row,
     read_records,
@@ -185,6 +186,15 @@ def _zero_shot_tables(rec: dict[str, Any]) -> list[Table]:
         out.append(Table("baselines", "Every method on the same images (zero-shot and "
                                       "generalized zero-shot)", rows,
                          note=_methods_note(zs), glance=True))
+    if zs.get("conse_1k"):
+        out.append(Table("basis_1k", "ConSE over the backbone's 1,000 ImageNet classes: the "
+                                     "basis and what left it", [
+            basis_summary(zs["conse_1k"]["chosen"])],
+            note="Kernel and T chosen on rounds of held-out seen classes, each round with its "
+                 "held-out classes' own 1K classes taken out; then every 1K class that is an "
+                 "unseen class, a hyponym of one, or matches one by name or synonym leaves "
+                 "the basis before the unseen classes are scored. The frozen pretrained "
+                 "network reads the photos at its own 224 px."))
     if zs.get("proposed"):
         out.append(Table("proposed", "Standard vs proposed split (Xian et al.)", zs["proposed"],
                          _present(zs["proposed"], [
@@ -195,15 +205,18 @@ def _zero_shot_tables(rec: dict[str, Any]) -> list[Table]:
         out.append(Table("overlap", "Which unseen classes the backbone has seen (ImageNet-1K "
                                     "by name and WordNet)", [
             {"unseen class": r["class"], "seen by the backbone": r["imagenet"],
-             "why": "; ".join(r["reasons"])} for r in zs["unseen_overlap"]], glance=True))
+             "why": "; ".join(r["reasons"]), "nearest ImageNet class": r.get("nearest_1k"),
+             "its relation": r.get("relation")} for r in zs["unseen_overlap"]], glance=True))
     if zs.get("split_caveat"):
         out.append(Table("split_caveat", "Split caveat: unseen classes that ImageNet-1K "
                                          "contains", zs["split_caveat"]))
     return out
 
 
-#: The gain over plain ConSE (per-class top-1 points) that the chosen method aims for.
-TARGET_GAIN = 6.0
+#: The gain over plain ConSE (per-class top-1 points) that the chosen method aims for: on
+#: unseen classes the backbone never saw (DGP's margin over ConSE on ImageNet 2-hop), and
+#: on unseen classes it saw but which left the 1K basis.
+TARGET_GAIN = {"clean": 18.0, "all": 10.0}
 
 
 def target_line(zs: dict[str, Any]) -> str:
@@ -216,10 +229,12 @@ def target_line(zs: dict[str, Any]) -> str:
     key = ("per_class_top1_clean" if res["zero_shot"].get("per_class_top1_clean") is not None
            and conse["zero_shot"].get("per_class_top1_clean") is not None else "per_class_top1")
     a, b = 100 * res["zero_shot"][key], 100 * conse["zero_shot"][key]
-    where = "clean unseen classes" if key.endswith("clean") else "all unseen classes"
-    verdict = "met" if a - b >= TARGET_GAIN else "not met"
+    clean = key.endswith("clean")
+    where = "clean unseen classes" if clean else "all unseen classes"
+    target = TARGET_GAIN["clean" if clean else "all"]
+    verdict = "met" if a - b >= target else "not met"
     return (f"On the {where}: {a:.1f} % against plain ConSE's {b:.1f} % ({a - b:+.1f} points; "
-            f"the target of +{TARGET_GAIN:.0f} is {verdict}). ")
+            f"the target of +{target:.0f} is {verdict}). ")
 
 
 def _methods_note(zs: dict[str, Any]) -> str:

@@ -9,6 +9,7 @@ and as a seen-unseen curve; per-class accuracies and confusion matrices. Every m
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -27,12 +28,35 @@ from devise_utils.study.results import BASELINES, DEVISE_NAME, method_row, trans
 
 
 def embed_table(table: pd.DataFrame, model, batch_size: int, device: str = "cpu",
-                normalize: bool = True, num_workers: int = 0) -> Embedded:
+                normalize: bool = True, num_workers: int = 0,
+                image_size: int | None = None) -> Embedded:
     """``model``'s output for every readable image of ``table`` (unit vectors, or raw outputs
-    such as logits and features with ``normalize=False``)."""
+    such as logits and features with ``normalize=False``), at ``image_size`` (default: the
+    model's own)."""
     out, kept = embed_paths(model, table["path"].tolist(), batch_size, device, num_workers,
-                            normalize=normalize)
+                            normalize=normalize, image_size=image_size)
     return Embedded.of_table(table.set_index("path").loc[kept].reset_index(), out)
+
+
+def stored_outputs(table: pd.DataFrame, store: Path, model_fn, batch_size: int,
+                   device: str = "cpu", image_size: int | None = None) -> Embedded:
+    """A frozen model's raw outputs for every readable image of ``table``, kept per image in
+    ``store`` (one file for every run on the same photos: the sweeps, the calibration round
+    and the main run share it), so each photo is read once. ``model_fn()`` builds the model,
+    only when some photo is missing."""
+    have = Embedded.load(store) if store.is_file() else None
+    known = set(have.path.tolist()) if have is not None else set()
+    todo = table[~table["path"].isin(known)]
+    if len(todo):
+        new = embed_table(todo, model_fn(), batch_size, device, normalize=False,
+                          image_size=image_size)
+        have = new if have is None else Embedded(
+            np.concatenate([have.X, new.X]), np.concatenate([have.path, new.path]),
+            np.concatenate([have.cls, new.cls]), np.concatenate([have.split, new.split]))
+        have.save(store)
+    row = {p: i for i, p in enumerate(have.path.tolist())}
+    kept = table[table["path"].isin(row)]
+    return Embedded.of_table(kept, have.X[[row[p] for p in kept["path"]]])
 
 
 def image_embeddings(exp: Experiment, s2: StageResult, device: str = "cpu") -> Embedded:

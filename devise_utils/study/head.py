@@ -12,10 +12,16 @@ training (``rows_from``):
   vector; ESZSL: the semantics it was fitted on);
 - ``ridge``: EXEM's kernel ridge prediction from the seen classes' semantics (a seen class
   keeps its own prototype);
-- ``fixed``: the run's classes only (the graph method: a new class needs a new graph).
+- ``fixed``: the run's classes only (the graph method: a new class needs a new graph);
+- ``basis``: ConSE over the pretrained network's 1,000 ImageNet classes: a row is the chosen
+  kernel between those classes and the name's synset (WordNet, and word vectors when the
+  kernel has them: :mod:`~devise_utils.study.basis1k`); ``keep`` marks the basis classes
+  used (a run's head drops its unseen classes' own 1K classes, as it was scored).
 
 Pure NumPy (no torch): the exported feature model and this head run on a phone or in
-``label`` without the training stack. :func:`fit_head` builds one from a trained run.
+``label`` without the training stack; only a ``basis`` head whose kernel reads glosses needs
+the sentence encoder (sentence-transformers, torch) to make rows for names. :func:`fit_head`
+builds one from a trained run.
 """
 
 from __future__ import annotations
@@ -29,16 +35,18 @@ from typing import Any
 import numpy as np
 
 from devise_utils.core.files import atomic_write
+from devise_utils.data.vectors import load_vectors
 from devise_utils.study import semantics as S_
 from devise_utils.study import transfer as T
 
 #: The feature model a head reads: the Stage II embedder, Stage I's logits, Stage I's
 #: penultimate features, or the pretrained backbone's pooled features (not fine-tuned).
-FEATURES = ("stage2", "stage1_logits", "stage1_penultimate", "backbone")
-ROWS_FROM = ("words", "ridge", "fixed")
+FEATURES = ("stage2", "stage1_logits", "stage1_penultimate", "backbone", "imagenet_logits")
+ROWS_FROM = ("words", "ridge", "fixed", "basis")
 #: Bumped when the saved layout changes.
 HEAD_FORMAT = 1
-_ARRAYS = ("mean", "scale", "M", "c", "seen_vecs", "S_seen", "T_seen", "rows")
+_ARRAYS = ("mean", "scale", "M", "c", "seen_vecs", "S_seen", "T_seen", "rows", "keep",
+           "basis_vecs")
 
 
 @dataclass
@@ -62,6 +70,10 @@ class ZeroShotHead:
     ridge: dict[str, Any] = field(default_factory=dict)
     classes: list[str] = field(default_factory=list)   # fixed: the classes of ``rows``
     rows: np.ndarray | None = None
+    kernel: str = ""                    # basis: the kernel's parts (basis1k.KERNELS)
+    keep: np.ndarray | None = None      # basis: which of the 1,000 classes are used
+    basis_vecs: np.ndarray | None = None  # basis + words kernel: the classes' lemma vectors
+    image_size: int = 0                 # > 0: the feature model reads photos at this size
     info: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -73,6 +85,8 @@ class ZeroShotHead:
     @property
     def semantic_dim(self) -> int | None:
         """The word-vector dimension its class rows need (None: any, or rows are fixed)."""
+        if self.rows_from == "basis":
+            return None if self.basis_vecs is None else int(self.basis_vecs.shape[1])
         if self.rows_from == "ridge":
             return int(self.S_seen.shape[1])
         if self.rows_from == "words" and self.conse_top:
@@ -89,6 +103,10 @@ class ZeroShotHead:
     def image_vectors(self, F: np.ndarray) -> np.ndarray:
         """The method's image vectors ``g(f)`` of raw feature-model outputs ``F`` (n, d)."""
         F = np.asarray(F, np.float64)
+        if self.rows_from == "basis":
+            from devise_utils.study.basis1k import conse_weights
+
+            return conse_weights(F, self.keep, self.conse_top).astype(np.float32)
         if self.conse_top:
             from devise_utils.study.baselines import conse_embed  # scikit-learn: only here
 
@@ -108,6 +126,9 @@ class ZeroShotHead:
         """One row per name. ``semantics``: the names' class semantics (``parts``), needed
         unless ``rows_from`` is ``fixed``; a ``ridge`` head keeps a seen class's own row."""
         names = list(names)
+        if self.rows_from == "basis":
+            raise ValueError("a basis head's rows come from WordNet: use rows_for(head, names, "
+                             "word_vectors)")
         if self.rows_from == "fixed":
             missing = [n for n in names if n not in self.classes]
             if missing:
@@ -168,6 +189,8 @@ def rows_for(head: ZeroShotHead, names: Sequence[str], word_vectors: Any,
     for WordNet parts, the words of their synsets: :func:`words_needed`)."""
     if head.rows_from == "fixed":
         return head.class_rows(names)
+    if head.rows_from == "basis":
+        return _basis_rows(head, names, word_vectors, class_synsets)
     wanted = head.parts
     if wanted == ["name"]:
         return head.class_rows(names, S_.class_semantics(names, word_vectors))
@@ -175,9 +198,32 @@ def rows_for(head: ZeroShotHead, names: Sequence[str], word_vectors: Any,
     return head.class_rows(names, S_.class_semantics(names, word_vectors, wanted, synsets))
 
 
+def _basis_rows(head: ZeroShotHead, names: Sequence[str], word_vectors: Any,
+                class_synsets: str | Path | None) -> np.ndarray:
+    """The kernel columns of ``names`` against the 1,000 basis classes, as the run made them."""
+    from devise_utils.study import basis1k as B
+
+    synsets = _synsets(head, names, class_synsets)
+    unknown = [n for n, s in zip(names, synsets) if s is None]
+    if unknown:
+        raise ValueError(f"no WordNet noun synset for {unknown}: the {head.method} head rates "
+                         "a class by its synset; use a WordNet noun, or give its wnid "
+                         "(n02084071) as the name or in --class-synsets")
+    parts = head.kernel.split("+")
+    K = B.kernels_for(names, synsets, B.basis_synsets(S_.wordnet()),
+                      word_vectors if "words" in parts else None, head.basis_vecs,
+                      gloss="gloss" in parts)
+    return B.combined(head.kernel, K, head.keep).T.astype(np.float32)
+
+
 def words_needed(head: ZeroShotHead, names: Sequence[str],
                  class_synsets: str | Path | None = None) -> list[str]:
     """The extra words (beyond the names) whose vectors :func:`rows_for` reads."""
+    if head.rows_from == "basis":
+        from devise_utils.study.basis1k import synset_words
+
+        return sorted({w for n, s in zip(names, _synsets(head, names, class_synsets))
+                       if s is not None for w in synset_words(s, n)})
     wn_parts = [p for p in head.parts if p != "name"]
     if not wn_parts or head.rows_from == "fixed":
         return []
@@ -205,17 +251,19 @@ def _compose(m1: np.ndarray, s1: np.ndarray, m2: np.ndarray, s2: np.ndarray
 def _overrides(run: Any) -> dict[str, str]:
     """The run's class -> wnid lines (``class_synsets``), kept in the head so its own
     classes get the same synsets wherever it is used."""
-    path = run.cfg.class_synsets or run.data.dataset.root / "class_synsets.txt"
-    if not Path(path).is_file() or run.class_space["synsets"] is None:
+    path = run.synsets_file
+    if path is None or run.class_space["synsets"] is None:
         return {}
-    return S_.read_class_synsets(str(path))
+    classes = set(run.data.classes)  # the shipped AwA2 file lists all 50; keep the run's
+    return {c: w for c, w in S_.read_class_synsets(str(path)).items() if c in classes}
 
 
 def fit_head(run: Any, method: str) -> ZeroShotHead:
     """The head of ``method`` (a key of the run's metrics: ``devise``, ``conse``, ``linear``,
     ``prototypes``, ``eszsl``, ``gcn``, each transfer method also ``*_backbone``), fitted
-    exactly as the run scores it: on its train images of the seen classes, hyperparameters
-    chosen by leaving seen classes out. Reads the run's cached features; trains nothing."""
+    exactly as the run scores it: on its train images of the seen classes, with the choices
+    its metrics record (:meth:`Run.chosen`; before there are metrics, chosen anew by leaving
+    seen classes out). Reads the run's cached features; trains nothing."""
     from devise_utils.study.baselines import fit_linear_map
     from devise_utils.study.methods import (
         backbone_space,
@@ -233,6 +281,8 @@ def fit_head(run: Any, method: str) -> ZeroShotHead:
         return ZeroShotHead(features="stage1_logits", conse_top=cfg.conse_top, seen=seen,
                             seen_vecs=np.asarray(exp.class_vectors(seen), np.float64),
                             **common)
+    if method == "conse_1k":
+        return _basis_head(run, common)
     if method == "linear":
         train = run.features.of("train")
         lm = fit_linear_map(train.X, train.labels(seen), exp.class_vectors(seen),
@@ -267,16 +317,40 @@ def fit_head(run: Any, method: str) -> ZeroShotHead:
     train = feats.of("train")
     m2, s2 = T.standardizer(train.X)
     if base == "eszsl":
-        _, _, chosen = eszsl_method(feats, seen, S)
+        _, _, chosen = eszsl_method(feats, seen, S, run.chosen(method))
         X = (train.X - m2) / s2
         V = T.eszsl_fit(X, train.labels(seen), S[:n], gamma=chosen["gamma"],
                         lam=chosen["lam"])
         mean, scale = _compose(m1, s1, m2, s2)
         return ZeroShotHead(features=kind, mean=mean, scale=scale, M=V,
                             **{**common, "info": {**common["info"], "chosen": chosen}})
-    _, rows, chosen = prototype_method(feats, seen, S, W)
+    _, rows, chosen = prototype_method(feats, seen, S, W, run.chosen(method))
     mean, scale = _compose(m1, s1, m2, s2) if chosen["target"] == "centres" else (m1, s1)
     ridge = {k: chosen[k] for k in ("lam", "kernel", "gamma")}
     return ZeroShotHead(features=kind, metric=chosen["metric"], rows_from="ridge",
                         mean=mean, scale=scale, seen=seen, S_seen=S[:n], T_seen=rows[:n],
                         ridge=ridge, **{**common, "info": {**common["info"], "chosen": chosen}})
+
+
+def _basis_head(run: Any, common: dict[str, Any]) -> ZeroShotHead:
+    """ConSE over the 1K basis as the run scored it (its choice, its unseen classes out)."""
+    from devise_utils.study import basis1k as B
+    from devise_utils.study.methods import basis_method
+
+    exp = run.data
+    _, _, chosen = basis_method(run.imagenet_logits, exp.seen, exp.unseen,
+                                run.class_space["synsets"], run.basis_kernels, run.cfg.seed,
+                                run.chosen("conse_1k"))
+    keep = np.ones(1000, bool)
+    keep[[r["index"] for r in chosen["excluded_1k"]]] = False
+    vecs = None
+    if "words" in chosen["kernel"].split("+"):
+        basis = B.basis_synsets(S_.wordnet())
+        wv = load_vectors(exp.vectors_path, words=exp.classes, hash_file=False,
+                          optional=sorted({w for ws in B.basis_words(basis) for w in ws}))
+        vecs = B.basis_vectors(basis, wv)
+    common["info"]["synset_overrides"] = _overrides(run)
+    return ZeroShotHead(features="imagenet_logits", metric="dot", rows_from="basis",
+                        conse_top=chosen["T"], kernel=chosen["kernel"], keep=keep,
+                        basis_vecs=vecs, image_size=B.BASIS_IMAGE_SIZE,
+                        **{**common, "info": {**common["info"], "chosen": chosen}})

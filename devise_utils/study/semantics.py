@@ -109,18 +109,28 @@ def class_synsets(names: Sequence[str], overrides: Mapping[str, str] | None = No
                   wn: Any | None = None) -> list[Any | None]:
     """One synset per class name (None when WordNet has none): the ``overrides`` wnid if
     given, else the first noun sense of the joined name (``german+shepherd`` ->
-    ``german_shepherd``)."""
+    ``german_shepherd``). A name that is a wnid (``n02084071``) is that synset."""
     wn = wn or wordnet()
     overrides = dict(overrides or {})
     out = []
     for name in names:
-        if name in overrides:
-            out.append(synset_of(overrides[name], wn))
+        if name in overrides or _WNID.match(name):
+            out.append(synset_of(overrides.get(name, name), wn))
             continue
         joined = re.sub(r"[+ ]+", "_", name.strip()).lower()
         senses = wn.synsets(joined, pos="n")
+        if senses and not _physical(senses[0]):
+            warnings.warn(f"class '{name}': its first WordNet noun sense {senses[0].name()} "
+                          f"({senses[0].definition()[:60]}) is neither a physical object nor "
+                          "an organism; if the photos show something else, give its wnid in "
+                          "class_synsets.txt (class<TAB>wnid)", UserWarning, stacklevel=2)
         out.append(senses[0] if senses else None)
     return out
+
+
+def _physical(s: Any) -> bool:
+    """Is the synset a physical entity (an object, an organism, a substance)?"""
+    return any(p.name() == "physical_entity.n.01" for path in s.hypernym_paths() for p in path)
 
 
 def _stop_words() -> frozenset[str]:
