@@ -103,18 +103,6 @@ def wordnet_kernel(basis: Sequence[Any], synsets: Sequence[Any | None]) -> np.nd
 _WUP: dict[tuple[int, str, str], np.ndarray] = {}
 
 
-def lemma_vector(names: Sequence[str], word_vectors: Any) -> np.ndarray | None:
-    """Unit mean of the unit vectors of the ``names`` (a phrase: the mean of its words) that
-    have one; None when none has."""
-    from devise_utils.study.semantics import phrase_vector
-
-    rows = [v for v in (phrase_vector([n], word_vectors) for n in names) if v is not None]
-    if not rows:
-        return None
-    m = np.mean(rows, axis=0)
-    return m / max(float(np.linalg.norm(m)), 1e-12)
-
-
 def synset_words(s: Any | None, name: str | None = None) -> list[str]:
     """The words that name a class: its own name first, then its synset's lemmas."""
     out = [name.replace("+", "_")] if name else []
@@ -128,8 +116,11 @@ def word_kernel(basis_vecs: np.ndarray, class_vecs: np.ndarray) -> np.ndarray:
 
 
 def vectors_of(words: Sequence[Sequence[str]], word_vectors: Any, dim: int) -> np.ndarray:
-    """One :func:`lemma_vector` row per list of words (NaN where none has a vector)."""
-    rows = [lemma_vector(ws, word_vectors) for ws in words]
+    """One row per list of words: the unit mean of their (phrase) vectors
+    (:func:`~devise_utils.study.semantics.phrase_vector`), NaN where none has a vector."""
+    from devise_utils.study.semantics import phrase_vector
+
+    rows = [phrase_vector(ws, word_vectors) for ws in words]
     return np.stack([r if r is not None else np.full(dim, np.nan) for r in rows])
 
 
